@@ -1,0 +1,30 @@
+# The two commands a newcomer types:  `make run`  (set up + open the app)  and  `make test`  (set up + run the tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run demo test lint bench bundle clean
+
+setup:
+	$(PYTHON) tools/bootstrap.py
+
+run: setup
+	$(VENV)/bin/distilldesk
+
+demo: setup
+	$(VENV)/bin/distilldesk --demo
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_quantize.py
+	$(PY) benchmarks/bench_engine.py
+
+bundle: setup
+	$(PY) packaging/build.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache

@@ -1,0 +1,1 @@
+"""Qt-free services of DistillDesk.  Never imports PySide6."""

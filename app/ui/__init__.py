@@ -1,0 +1,1 @@
+"""PySide6 views and QThread workers; talk to app.core only."""

@@ -1,0 +1,1 @@
+"""Data files shipped with DistillDesk (icons, styles, catalog, prompts, demo model files)."""

