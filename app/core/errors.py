@@ -1,0 +1,78 @@
+"""Typed errors of app.core.  Each subclasses the built-in it behaves like and its message says what to do next.
+
+The CLI maps every ``DistillDeskError`` (and kernels'/quantizer's errors) to exit code 2 and one line; the GUI
+maps them to one dialog in one place.  Add new classes here, next to their family.
+"""
+from __future__ import annotations
+
+
+class DistillDeskError(Exception):
+    """Base of every app.core error."""
+
+
+# ---- engine / models ------------------------------------------------------------------------------------------
+class EngineError(DistillDeskError, RuntimeError):
+    """Inference failed."""
+
+
+class ModelLoadError(EngineError, ValueError):
+    """The file is not a loadable GGUF (missing, truncated, corrupt, unsupported architecture, too big for RAM)."""
+
+
+class GpuUnavailableError(EngineError):
+    """GPU layers were asked for but this llama.cpp build has no GPU offload."""
+
+
+class ContextOverflowError(EngineError, ValueError):
+    """The prompt does not fit in the context window."""
+
+
+class GenerationCancelled(EngineError):
+    """Generation was stopped by the user (not an error to show, but a clean way out)."""
+
+
+# ---- comparison -----------------------------------------------------------------------------------------------
+class CompareError(DistillDeskError, ValueError):
+    """Two models cannot be compared."""
+
+
+class VocabMismatchError(CompareError):
+    """Reference and candidate use different vocabularies: they are not quantizations of the same model."""
+
+
+# ---- hub / downloads ------------------------------------------------------------------------------------------
+class HubError(DistillDeskError, OSError):
+    """A download or Hub query failed."""
+
+
+class RepoNotFoundError(HubError):
+    """The repo, revision or file does not exist (HTTP 404)."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """401/403: gated or private repo, or a bad token."""
+
+
+class OfflineError(HubError, ConnectionError):
+    """No network (or HF_HUB_OFFLINE=1) and the files are not in the local cache."""
+
+
+class IntegrityError(HubError):
+    """A downloaded file's size or sha256 differs from the Hub's metadata."""
+
+
+class DiskSpaceError(DistillDeskError, OSError):
+    """Not enough free disk for the job."""
+
+
+class DownloadCancelled(HubError):
+    """The user cancelled a download (the partial file is kept for resume)."""
+
+
+# ---- history --------------------------------------------------------------------------------------------------
+class HistoryError(DistillDeskError, RuntimeError):
+    """The chat history database failed."""
+
+
+class CorruptHistoryError(HistoryError):
+    """The history database was corrupt; it has been set aside (the message names where)."""
