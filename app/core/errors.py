@@ -27,6 +27,10 @@ class ContextOverflowError(EngineError, ValueError):
     """The prompt does not fit in the context window."""
 
 
+class EngineBusyError(EngineError):
+    """The model is already generating (one owner per loaded model): wait for the reply or cancel it first."""
+
+
 class GenerationCancelled(EngineError):
     """Generation was stopped by the user (not an error to show, but a clean way out)."""
 
