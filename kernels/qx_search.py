@@ -1,0 +1,132 @@
+"""ggml's per-group scale searches (``make_qx_quants``, ``make_qkx3_quants``), vectorised across groups.
+
+Both work on a *transposed* chunk ``xt`` of shape ``(n, m)``: row ``i`` holds element ``i`` of ``m`` groups, so
+ggml's sequential per-group sums ``s += t[i]`` become ``np.add.reduce(t, axis=0)`` (numpy accumulates row by row
+along a non-contiguous axis, i.e. in exactly ggml's order; tests check this against an explicit loop) and every
+other step is one whole-array float32 ufunc.  Chunks keep the working set in L2.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+_CHUNK_ELEMS = 1 << 15  # elements of x per chunk (x, w and three temporaries stay in a 1 MB L2)
+
+
+def _chunks(nb: int, n: int) -> tuple[range, int]:
+    step = max(1, _CHUNK_ELEMS // n)
+    return range(0, nb, step), step
+
+
+def _signed_absmax(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }``: the first x of largest |x|."""
+    ax = np.abs(xt)
+    amax = ax.max(axis=0)
+    mx = np.zeros_like(amax)
+    for i in range(xt.shape[0] - 1, -1, -1):  # last write wins = first index reaching amax
+        np.copyto(mx, xt[i], where=ax[i] == amax)
+    return amax, mx
+
+
+def _weights(xt: np.ndarray, rmse_type: int, qwt: np.ndarray | None) -> np.ndarray:
+    if qwt is not None:
+        return qwt
+    if rmse_type == 1:
+        return xt * xt
+    if rmse_type == 2:
+        return np.ones_like(xt)
+    if rmse_type == 3:
+        return np.abs(xt)
+    return np.sqrt(np.abs(xt))
+
+
+def _levels(xt: np.ndarray, iscale: np.ndarray, lo: float, hi: float, out: np.ndarray) -> np.ndarray:
+    """``MAX(lo, MIN(hi, nearest_int(iscale*x)))`` as float32 (rint = nearest_int: |iscale*x| <= nmax+1)."""
+    np.multiply(xt, iscale, out=out)
+    np.rint(out, out=out)
+    return np.clip(out, lo, hi, out=out)
+
+
+def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int,
+                   qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``make_qx_quants(n, nmax, x, L, rmse_type, qw)`` for every row of ``x`` (one group per row).
+
+    ``x`` float32 ``(n_groups, n)``, ``qw`` float32 ``(n_groups, n)`` or ``None``.  Returns ``(scale, L)``:
+    float32 ``(n_groups,)`` and int8 ``(n_groups, n)`` holding ``L = l + nmax`` exactly as ggml writes it.
+    """
+    x = np.ascontiguousarray(x, dtype=F32)
+    nb, n = x.shape
+    if qw is not None:
+        qw = np.ascontiguousarray(qw, dtype=F32).reshape(nb, n)
+    scale = np.empty(nb, F32)
+    L = np.empty((nb, n), np.int8)
+    starts, step = _chunks(nb, n)
+    for c0 in starts:
+        c1 = min(nb, c0 + step)
+        xt = np.ascontiguousarray(x[c0:c1].T)
+        qwt = None if qw is None else np.ascontiguousarray(qw[c0:c1].T)
+        s, lt = _qx_chunk(xt, nmax, rmse_type, qwt)
+        scale[c0:c1] = s
+        L[c0:c1] = lt.T
+    return scale, L
+
+
+def _qx_chunk(xt, nmax, rmse_type, qwt):
+    # One transposed chunk (n, m).  Long because it mirrors ggml's function step by step.
+    n, m = xt.shape
+    amax, mx = _signed_absmax(xt)
+    zero = amax < GROUP_MAX_EPS
+    mx[zero] = 1  # placeholder divisor; these groups are zeroed at the end
+    lo, hi = float(-nmax), float(nmax - 1)
+    t = np.empty_like(xt)
+    iscale = F32(-nmax) / mx
+    if rmse_type == 0:
+        _levels(xt, iscale, lo, hi, t)
+        return _finish(F32(1) / iscale, t, nmax, zero)
+    return_early = rmse_type < 0
+    rmse_type = abs(rmse_type)
+    w = _weights(xt, rmse_type, qwt)
+    wx = w * xt
+    tmp = np.empty_like(xt)
+    sumlx, suml2 = _sums(w, wx, _levels(xt, iscale, lo, hi, t), tmp)
+    scale = np.zeros(m, F32)
+    np.divide(sumlx, suml2, out=scale, where=suml2 != 0)
+    if return_early:
+        early = np.where(suml2 > 0, F32(0.5) * (scale + F32(1) / iscale), F32(1) / iscale)
+        _levels(xt, iscale, lo, hi, t)
+        return _finish(early, t, nmax, zero)
+    best = scale * sumlx
+    best_iscale = iscale
+    for i_s in range(-9, 10):
+        if i_s == 0:
+            continue
+        isc = -(F32(nmax) + F32(0.1) * F32(i_s)) / mx
+        sumlx, suml2 = _sums(w, wx, _levels(xt, isc, lo, hi, t), tmp)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        if better.any():
+            new_scale = sumlx / np.where(better, suml2, F32(1))
+            np.copyto(scale, new_scale, where=better)
+            np.copyto(best, new_scale * sumlx, where=better)
+            best_iscale = np.where(better, isc, best_iscale)
+    _levels(xt, best_iscale, lo, hi, t)
+    return _finish(scale, t, nmax, zero)
+
+
+def _sums(w, wx, lf, tmp):
+    """Sequential ``sumlx += w*x[i]*l; suml2 += w*l*l`` over the n rows (ggml's evaluation order)."""
+    np.multiply(wx, lf, out=tmp)
+    sumlx = np.add.reduce(tmp, axis=0, initial=F32(0))
+    np.multiply(w, lf, out=tmp)
+    tmp *= lf
+    suml2 = np.add.reduce(tmp, axis=0, initial=F32(0))
+    return sumlx, suml2
+
+
+def _finish(scale, lf, nmax, zero):
+    lt = (lf + F32(nmax)).astype(np.int8)
+    scale = np.asarray(scale, F32).copy()
+    if zero.any():
+        scale[zero] = 0
+        lt[:, zero] = 0
+    return scale, lt
