@@ -19,14 +19,32 @@ def _chunks(nb: int, n: int) -> tuple[range, int]:
     return range(0, nb, step), step
 
 
-def _signed_absmax(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ggml's ``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }``: the first x of largest |x|."""
-    ax = np.abs(xt)
-    amax = ax.max(axis=0)
-    mx = np.zeros_like(amax)
-    for i in range(xt.shape[0] - 1, -1, -1):  # last write wins = first index reaching amax
-        np.copyto(mx, xt[i], where=ax[i] == amax)
+def signed_absmax(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``xt``: ``(amax, max)`` as ggml's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``
+    starting from ``amax = max = 0`` computes them: ``max`` is the first value of largest magnitude (+0 if all
+    values are zero)."""
+    pos = xt.max(axis=0)
+    neg = xt.min(axis=0)
+    nneg = -neg
+    amax = np.maximum(pos, nneg)
+    mx = np.where(nneg > pos, neg, pos)
+    mx += F32(0)  # -0.0 -> +0.0 (an all-zero group keeps ggml's initial +0)
+    tie = (pos == nneg) & (pos > 0)  # +a and -a both present: the first one wins
+    if tie.any():
+        sub = xt[:, tie]
+        first = np.argmax(np.abs(sub) == amax[tie], axis=0)
+        mx[tie] = sub[first, np.arange(sub.shape[1])]
     return amax, mx
+
+
+def first_min(xt: np.ndarray) -> np.ndarray:
+    """Per column: ggml's ``if (v < min) min = v`` from the first element (the first zero's sign if min is 0)."""
+    mn = xt.min(axis=0)
+    z = mn == 0
+    if z.any():
+        sub = xt[:, z]
+        mn[z] = sub[np.argmax(sub == 0, axis=0), np.arange(sub.shape[1])]
+    return mn
 
 
 def _weights(xt: np.ndarray, rmse_type: int, qwt: np.ndarray | None) -> np.ndarray:
@@ -75,7 +93,7 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int,
 def _qx_chunk(xt, nmax, rmse_type, qwt):
     # One transposed chunk (n, m).  Long because it mirrors ggml's function step by step.
     n, m = xt.shape
-    amax, mx = _signed_absmax(xt)
+    amax, mx = signed_absmax(xt)
     zero = amax < GROUP_MAX_EPS
     mx[zero] = 1  # placeholder divisor; these groups are zeroed at the end
     lo, hi = float(-nmax), float(nmax - 1)
@@ -130,3 +148,86 @@ def _finish(scale, lf, nmax, zero):
         scale[zero] = 0
         lt[:, zero] = 0
     return scale, lt
+
+
+def make_qkx3_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None, rmin: float = -0.9,
+                     rdelta: float = 0.05, nstep: int = 36,
+                     use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml's ``make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad)``.
+
+    ``x``/``weights`` float32 ``(n_groups, n)``.  Returns ``(scale, the_min, L)``: float32 ``(n_groups,)`` twice
+    and uint8 ``(n_groups, n)`` in ``[0, nmax]``.
+    """
+    x = np.ascontiguousarray(x, dtype=F32)
+    nb, n = x.shape
+    if weights is not None:
+        weights = np.ascontiguousarray(weights, dtype=F32).reshape(nb, n)
+    scale, the_min = np.empty(nb, F32), np.empty(nb, F32)
+    L = np.empty((nb, n), np.uint8)
+    starts, step = _chunks(nb, n)
+    for c0 in starts:
+        c1 = min(nb, c0 + step)
+        xt = np.ascontiguousarray(x[c0:c1].T)
+        wt = xt * xt if weights is None else np.ascontiguousarray(weights[c0:c1].T)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s, mn, lt = _qkx3_chunk(xt, wt, nmax, F32(rmin), F32(rdelta), nstep, use_mad)
+        scale[c0:c1], the_min[c0:c1], L[c0:c1] = s, mn, lt.T
+    return scale, the_min, L
+
+
+def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
+    # Mirrors ggml step by step; note that ``min`` is updated inside the search and feeds later steps.
+    mn = first_min(xt)
+    mx = xt.max(axis=0)
+    sum_w = np.add.reduce(w, axis=0)
+    sum_x = np.add.reduce(w * xt, axis=0)
+    mn = np.where(mn > 0, F32(0), mn)
+    flat = mx <= mn
+    lo, hi = 0.0, float(nmax)
+    t, tmp = np.empty_like(xt), np.empty_like(xt)
+    rng = np.where(flat, F32(1), mx - mn)
+    iscale = F32(nmax) / rng
+    scale = F32(1) / iscale
+    best_l = _levels(xt - mn, iscale, lo, hi, np.empty_like(xt))
+    best_mad = _mad(scale, mn, best_l, xt, w, use_mad, tmp)
+    for i_s in range(nstep + 1):
+        rng = mx - mn
+        isc = (rmin + rdelta * F32(i_s) + F32(nmax)) / rng
+        lf = _levels(xt - mn, isc, lo, hi, t)
+        np.multiply(w, lf, out=tmp)
+        sum_l = np.add.reduce(tmp, axis=0, initial=F32(0))
+        sum_xl = np.add.reduce(tmp * xt, axis=0, initial=F32(0))
+        tmp *= lf
+        sum_l2 = np.add.reduce(tmp, axis=0, initial=F32(0))
+        D = sum_w * sum_l2 - sum_l * sum_l
+        ok = (D > 0) & ~flat
+        if not ok.any():
+            continue
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+        pos = this_min > 0
+        this_min[pos] = 0
+        this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+        mad = _mad(this_scale, this_min, lf, xt, w, use_mad, tmp)
+        upd = ok & (mad < best_mad)
+        if upd.any():
+            np.copyto(best_l, lf, where=upd)
+            best_mad = np.where(upd, mad, best_mad)
+            scale = np.where(upd, this_scale, scale)
+            mn = np.where(upd, this_min, mn)
+    scale = np.where(flat, F32(0), scale)
+    best_l[:, flat] = 0
+    return scale, -mn, best_l.astype(np.uint8)
+
+
+def _mad(scale, mn, lf, xt, w, use_mad, tmp):
+    """Sequential ``mad += w * diff^2`` (or ``|diff|``) with ``diff = scale*L + min - x``."""
+    np.multiply(lf, scale, out=tmp)
+    tmp += mn
+    tmp -= xt
+    if use_mad:
+        np.abs(tmp, out=tmp)
+    else:
+        tmp *= tmp
+    tmp *= w
+    return np.add.reduce(tmp, axis=0, initial=F32(0))
