@@ -31,6 +31,10 @@ class EngineBusyError(EngineError):
     """The model is already generating (one owner per loaded model): wait for the reply or cancel it first."""
 
 
+class ChatTemplateError(EngineError, ValueError):
+    """The model's chat template is invalid, unsafe, or refused the conversation."""
+
+
 class GenerationCancelled(EngineError):
     """Generation was stopped by the user (not an error to show, but a clean way out)."""
 
