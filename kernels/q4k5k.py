@@ -1,1 +1,200 @@
-"""Placeholder: kernels for this module are being written."""
+"""Q4_K and Q5_K: 256-value super-blocks of eight 32-value sub-blocks, each with a 6-bit scale and min.
+
+Block layouts (ggml-common.h)::
+
+    block_q4_K (144 B): fp16 d | fp16 dmin | scales[12] | qs[128]            (4-bit levels, two per byte)
+    block_q5_K (176 B): fp16 d | fp16 dmin | scales[12] | qh[32] | qs[128]   (+ 5th bit of each level in qh)
+
+``scales[12]`` packs eight 6-bit scales ``ls`` and mins ``lm`` (``get_scale_min_k4``)::
+
+    j < 4:  scales[j] = ls[j] | (ls[j+4] >> 4) << 6      scales[j+4] = lm[j] | (lm[j+4] >> 4) << 6
+            scales[j+8] = (ls[j+4] & 0xF) | (lm[j+4] & 0xF) << 4
+
+A value decodes as ``d*sc*q - dmin*m``.  Levels: value ``32*j + l`` of a 64-value group goes to the low nibble
+of ``qs[l]`` (j even) or the high nibble (j odd); Q5_K's 5th bit of sub-block ``j`` is bit ``j`` of ``qh[l]``.
+
+Encoders: without imatrix ggml uses ``quantize_row_q{4,5}_K_ref`` (make_qkx2_quants search, then the
+largest scale/min mapped to 63); with one, ``quantize_row_q{4,5}_K_impl`` (make_qkx3_quants, then
+make_qp_quants for the 6-bit scales).  All arithmetic below is float32 in ggml's order.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from .base import Kernel
+from .kquant_search import F32, make_qp_quants, nearest_int, qkx_search_t, seq_sum0
+
+QK_K = 256
+
+
+def _sub_blocks_t(x: np.ndarray) -> np.ndarray:
+    """(rows, n) -> transposed sub-blocks (32, n_sub): column k holds values 32k .. 32k+31 of the flat data."""
+    return np.ascontiguousarray(x.reshape(-1, 32).T)
+
+
+def _ref_search(xt: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """quantize_row_q*_K_ref's per-sub-block search: weights av_x + |x|, av_x = sqrt(sum x^2 / 32)."""
+    sum_x2 = seq_sum0(xt * xt)
+    av_x = np.sqrt(sum_x2 / F32(32))
+    wt = np.abs(xt)
+    wt += av_x
+    return qkx_search_t(xt, wt, nmax, rmin, 0.1, nstep, False)
+
+
+def _max_from_zero(v: np.ndarray) -> np.ndarray:
+    """``float m = 0; for (j) if (v[j] > m) m = v[j];`` over axis 1 of (n_super, 8)."""
+    m = np.zeros(v.shape[0], F32)
+    for j in range(v.shape[1]):
+        m = np.where(v[:, j] > m, v[:, j], m)
+    return m
+
+
+def _ref_scales(scales: np.ndarray, mins: np.ndarray):
+    """6-bit scales/mins of the ref encoder: the largest maps to 63.  Returns ls, lm uint8 (n_super, 8), d, dmin."""
+    max_scale = _max_from_zero(scales)
+    max_min = _max_from_zero(mins)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(F32)
+        inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(F32)
+    ls = np.minimum(nearest_int(inv_scale[:, None] * scales) & 0xFF, 63).astype(np.uint8)
+    lm = np.minimum(nearest_int(inv_min[:, None] * mins) & 0xFF, 63).astype(np.uint8)
+    d = (max_scale / F32(63)).astype(np.float16)
+    dmin = (max_min / F32(63)).astype(np.float16)
+    return ls, lm, d, dmin
+
+
+def _pack_scales(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Eight 8-bit ls/lm per super-block -> scales[12] exactly as ggml writes them (uint8 wrap-around included)."""
+    sc = np.empty((ls.shape[0], 12), np.uint8)
+    sc[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
+    sc[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
+    sc[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
+    return sc
+
+
+def _unpack_scales(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """get_scale_min_k4 for j = 0..7: scales[12] (n, 12) -> sc, m uint8 (n, 8)."""
+    d = np.empty((sc.shape[0], 8), np.uint8)
+    m = np.empty_like(d)
+    d[:, :4] = sc[:, 0:4] & 63
+    m[:, :4] = sc[:, 4:8] & 63
+    d[:, 4:] = (sc[:, 8:12] & 0xF) | ((sc[:, 0:4] >> 6) << 4)
+    m[:, 4:] = (sc[:, 8:12] >> 4) | ((sc[:, 4:8] >> 6) << 4)
+    return d, m
+
+
+def _final_levels(xt, lt, sc, m, d16, dmin16, nmax):
+    """Re-quantize each sub-block with the stored (fp16, 6-bit) scale and min; a zero scale keeps the search's L."""
+    d = d16.astype(F32)[:, None] * sc.astype(F32)           # (n_super, 8)
+    dm = dmin16.astype(F32)[:, None] * m.astype(F32)
+    d = d.reshape(-1)
+    dm = dm.reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = nearest_int((xt + dm) / d)
+    np.clip(q, 0, nmax, out=q)
+    keep = d == 0
+    if keep.any():
+        q[:, keep] = lt[:, keep]
+    return q.astype(np.uint8)
+
+
+def _impl_search(x: np.ndarray, imatrix: np.ndarray, nmax: int):
+    """quantize_row_q*_K_impl's search.  Returns xt, L, ls, lm (8-bit, as ggml stores them), d, dmin."""
+    rows, n = x.shape
+    xs = np.ascontiguousarray(x.reshape(-1, QK_K).T)         # (256, n_super)
+    sum_x2 = seq_sum0(xs * xs)
+    sigma2 = F32(2) * sum_x2 / F32(QK_K)
+    xt = _sub_blocks_t(x)                                    # (32, n_sub)
+    nsub = xt.shape[1]
+    qw = np.broadcast_to(imatrix.reshape(-1, 32), (rows, n // 32, 32)).reshape(nsub, 32).T
+    sig = np.repeat(sigma2, 8)
+    wt = qw * np.sqrt(sig + xt * xt)
+    sw = seq_sum0(wt)
+    scales, mins, lt = qkx_search_t(xt, wt, nmax, -0.9, 0.05, 36, False)
+    sw8 = np.ascontiguousarray(sw.reshape(-1, 8).T)
+    d_block, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(-1, 8).T), 63, sw8)
+    m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(-1, 8).T), 63, sw8)
+    return xt, lt, ls.T, lm.T, d_block.astype(np.float16), m_block.astype(np.float16)
+
+
+def _encode(x: np.ndarray, imatrix: np.ndarray | None, nmax: int, rmin: float, nstep: int, cap63: bool):
+    """Shared Q4_K/Q5_K encoder: returns d, dmin (fp16), scales[12], final levels L (n_super, 256) uint8."""
+    if imatrix is None:
+        xt = _sub_blocks_t(x)
+        scales, mins, lt = _ref_search(xt, nmax, rmin, nstep)
+        ls, lm, d, dmin = _ref_scales(scales.reshape(-1, 8), mins.reshape(-1, 8))
+    else:
+        xt, lt, ls, lm, d, dmin = _impl_search(x, imatrix, nmax)
+        if cap63:  # quantize_row_q5_K_impl clamps to 63, q4_K's does not
+            ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+    packed = _pack_scales(ls, lm)
+    sc, m = _unpack_scales(packed)
+    q = _final_levels(xt, lt, sc, m, d, dmin, nmax)
+    return d, dmin, packed, q.T.reshape(-1, QK_K)
+
+
+def _header(d, dmin, packed, nsuper: int) -> np.ndarray:
+    head = np.empty((nsuper, 16), np.uint8)
+    head[:, 0:2] = d.reshape(-1, 1).view(np.uint8)
+    head[:, 2:4] = dmin.reshape(-1, 1).view(np.uint8)
+    head[:, 4:16] = packed
+    return head
+
+
+class Q4_K(Kernel, qtype=QT.Q4_K, block_size=QK_K, type_size=144):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        d, dmin, packed, q = _encode(x, imatrix, 15, -1.0, 20, False)
+        nsuper = q.shape[0]
+        q = q.reshape(nsuper, 4, 2, 32)
+        out = np.empty((nsuper, 144), np.uint8)
+        out[:, :16] = _header(d, dmin, packed, nsuper)
+        out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(nsuper, 128)
+        return out.reshape(x.shape[0], -1)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        qs = blocks[:, 16:].reshape(-1, 4, 1, 32)
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=2)      # (n, 4, 2, 32)
+        return _decode(blocks, q.reshape(-1, 8, 32))
+
+
+class Q5_K(Kernel, qtype=QT.Q5_K, block_size=QK_K, type_size=176):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        d, dmin, packed, q = _encode(x, imatrix, 31, -0.5, 15, True)
+        nsuper = q.shape[0]
+        q = q.reshape(nsuper, 8, 32)
+        hi = (q >> 4).astype(np.uint8)
+        qh = np.zeros((nsuper, 32), np.uint8)
+        for j in range(8):
+            qh |= hi[:, j] << j
+        lo = (q & 0xF).reshape(nsuper, 4, 2, 32)
+        out = np.empty((nsuper, 176), np.uint8)
+        out[:, :16] = _header(d, dmin, packed, nsuper)
+        out[:, 16:48] = qh
+        out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(nsuper, 128)
+        return out.reshape(x.shape[0], -1)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        qs = blocks[:, 48:].reshape(-1, 4, 1, 32)
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)
+        qh = blocks[:, 16:48]
+        hi = np.stack([(qh >> j) & 1 for j in range(8)], axis=1)   # (n, 8, 32)
+        return _decode(blocks, q | (hi << 4))
+
+
+def _decode(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """dequantize_row_q{4,5}_K: y = (d*sc) * q - (dmin*m) per sub-block; q uint8 (n, 8, 32)."""
+    d = blocks[:, 0:2].copy().view(np.float16).astype(F32)      # (n, 1)
+    dmin = blocks[:, 2:4].copy().view(np.float16).astype(F32)
+    sc, m = _unpack_scales(blocks[:, 4:16])
+    d1 = (d * sc.astype(F32))[:, :, None]
+    m1 = (dmin * m.astype(F32))[:, :, None]
+    return (d1 * q.astype(F32) - m1).reshape(-1, QK_K)
