@@ -1,1 +1,123 @@
-"""Placeholder: kernels for this module are being written."""
+"""Q3_K: super-blocks of 256 values in 16 groups of 16; x = d * sc_j * (q - 4), q 3-bit, sc_j 6-bit signed.
+
+Block layout (110 bytes), as ggml's ``block_q3_K``::
+
+    hmask[32]   high bit of each quant: element e -> byte e % 32, bit e // 32
+    qs[64]      low 2 bits: element 128*h + 32*k + l -> byte 32*h + l, bits 2k..2k+1
+    scales[12]  16 six-bit scales (stored +32): bytes 0..7 hold the low nibbles (groups 0-7 low, 8-15 high),
+                bytes 8..11 the top 2 bits (group j -> byte 8 + j % 4, bits 2*(j // 4))
+    d           fp16 super-block scale
+
+Without an imatrix ggml uses ``quantize_row_q3_K_ref`` (``make_q3_quants`` with its refinement passes); with one,
+``quantize_row_q3_K_impl`` (``make_qx_quants`` weighted by ``imatrix * sqrt(sigma2 + x^2)``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from .base import Kernel
+from .q2k import pack_2bit, unpack_2bit
+from .q23_search import make_q3_quants, nearest_int, seq_sum
+from .qx_search import make_qx_quants
+
+QK_K = 256
+_F0 = np.float32(0.0)
+
+
+def _pack_scales(ls: np.ndarray) -> np.ndarray:
+    """16 values 0..63 per block (int, ``(nb, 16)``) -> ggml's 12 scale bytes."""
+    nb = ls.shape[0]
+    out = np.zeros((nb, 12), np.uint8)
+    out[:, :8] = (ls[:, :8] & 0xF) | ((ls[:, 8:] & 0xF) << 4)
+    hi = (ls >> 4) & 3                              # group j -> byte 8 + j % 4, bits 2*(j // 4)
+    out[:, 8:] = (hi[:, 0:4] | (hi[:, 4:8] << 2) | (hi[:, 8:12] << 4) | (hi[:, 12:16] << 6)).astype(np.uint8)
+    return out
+
+
+def _unpack_scales(sb: np.ndarray) -> np.ndarray:
+    """12 scale bytes -> 16 signed scales ``sc - 32`` (int8, ``(nb, 16)``)."""
+    sb = sb.astype(np.int32)
+    lo = np.concatenate([sb[:, :8] & 0xF, sb[:, :8] >> 4], axis=1)
+    hi = np.concatenate([(sb[:, 8:12] >> s) & 3 for s in (0, 2, 4, 6)], axis=1)
+    return ((lo | (hi << 4)) - 32).astype(np.int8)
+
+
+def _encode(xb: np.ndarray, L: np.ndarray, scale_bytes: np.ndarray, d16: np.ndarray) -> np.ndarray:
+    """Common tail of ggml's two encoders: re-quantize each group with the fp16-rounded scale, then pack."""
+    nb = xb.shape[0]
+    sc = _unpack_scales(scale_bytes)
+    d = d16.astype(np.float32)[:, None] * sc.astype(np.float32)           # (nb, 16)
+    x3 = xb.reshape(nb, 16, 16)
+    lq = np.clip(nearest_int(x3 / d[:, :, None]), -4, 3) + 4
+    L = np.where((d != _F0)[:, :, None], lq, L.reshape(nb, 16, 16).astype(np.int32)).reshape(nb, QK_K)
+    high = L > 3
+    hmask = np.zeros((nb, 32), np.uint8)
+    for k, bits in enumerate(high.reshape(nb, 8, 32).transpose(1, 0, 2)):
+        hmask |= bits.astype(np.uint8) << k
+    out = np.empty((nb, 110), np.uint8)
+    out[:, :32] = hmask
+    out[:, 32:96] = pack_2bit(L & 3)
+    out[:, 96:108] = scale_bytes
+    out[:, 108:110] = d16.reshape(nb, 1).view(np.uint8)
+    return out
+
+
+def _quantize_ref(xb: np.ndarray) -> np.ndarray:
+    nb = xb.shape[0]
+    scales, L = make_q3_quants(xb.reshape(-1, 16), 4, True)
+    scales = scales.reshape(nb, 16)
+    a = np.abs(scales)
+    idx = a.argmax(axis=1)                      # first group with the largest |scale| (ggml's strict '>')
+    rows = np.arange(nb)
+    max_scale = np.where(a[rows, idx] > _F0, scales[rows, idx], _F0)
+    nz = max_scale != _F0
+    iscale = np.float32(-32.0) / max_scale
+    l = nearest_int(iscale[:, None] * scales)
+    d32 = np.float32(1.0) / iscale
+    l = ((l + 128) & 0xFF) - 128                # int8_t l = nearest_int(...)
+    ls = np.clip(l, -32, 31) + 32
+    scale_bytes = np.where(nz[:, None], _pack_scales(ls), np.uint8(0))
+    d16 = np.where(nz, d32, _F0).astype(np.float16)
+    return _encode(xb, L, scale_bytes, d16)
+
+
+def _quantize_impl(xb: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    nb = xb.shape[0]
+    xt = np.ascontiguousarray(xb.T)
+    sumx2 = seq_sum(xt * xt)
+    sigma2 = (np.float32(2.0) * sumx2) / np.float32(QK_K)
+    weight = qw * np.sqrt(sigma2[:, None] + xb * xb)                          # (nb, 256)
+    sw = seq_sum(np.ascontiguousarray(weight.reshape(nb, 16, 16).transpose(2, 0, 1)))   # (nb, 16)
+    scales, L = make_qx_quants(xb.reshape(-1, 16), 4, 1, weight.reshape(-1, 16))
+    d_block, ls = make_qx_quants(np.asarray(scales, np.float32).reshape(nb, 16), 32, 1, sw)
+    scale_bytes = _pack_scales(ls.astype(np.int32))
+    d16 = np.asarray(d_block, np.float32).astype(np.float16)
+    return _encode(xb, np.asarray(L).reshape(nb, QK_K), scale_bytes, d16)
+
+
+class Q3_K(Kernel, qtype=QT.Q3_K, block_size=QK_K, type_size=110):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        rows, n = x.shape
+        xb = x.reshape(-1, QK_K)
+        with np.errstate(all="ignore"):            # ggml's inf/nan edge cases are reproduced, not reported
+            if imatrix is None:
+                out = _quantize_ref(xb)
+            else:
+                qw = np.broadcast_to(imatrix.reshape(1, n // QK_K, QK_K), (rows, n // QK_K, QK_K)).reshape(-1, QK_K)
+                out = _quantize_impl(xb, qw)
+        return out.reshape(rows, -1)
+
+    @classmethod
+    @np.errstate(all="ignore")                      # an fp16 d of inf decodes to inf/nan, as in ggml
+    def _dequantize_blocks(cls, blocks):
+        nb = blocks.shape[0]
+        d = blocks[:, 108:110].copy().view(np.float16).astype(np.float32)          # (nb, 1)
+        dl = d * _unpack_scales(blocks[:, 96:108]).astype(np.float32)             # (nb, 16)
+        q = unpack_2bit(blocks[:, 32:96]).astype(np.int8)                        # (nb, 256)
+        hm = blocks[:, :32].reshape(nb, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+        q = q - (((hm & 1) ^ 1) << 2).astype(np.int8).reshape(nb, QK_K)
+        return (dl[:, :, None] * q.reshape(nb, 16, 16).astype(np.float32)).reshape(nb, QK_K)
