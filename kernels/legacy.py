@@ -1,1 +1,287 @@
-"""Placeholder: kernels for this module are being written."""
+"""The 32-value block types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (ggml-quants.c, bit for bit).
+
+Block layouts (little-endian, ``d``/``m`` are fp16)::
+
+    Q8_0  d | qs[32] int8                      34 bytes   x = d*q
+    Q4_0  d | qs[16] (q[j] | q[j+16] << 4)     18 bytes   x = d*(q-8)
+    Q4_1  d | m | qs[16]                       20 bytes   x = d*q + m
+    Q5_0  d | qh[4] | qs[16]                   22 bytes   x = d*(q-16), bit 4 of q[j] in bit j of qh
+    Q5_1  d | m | qh[4] | qs[16]               24 bytes   x = d*q + m
+
+Without an imatrix ggml uses the ``quantize_row_*_ref`` encoders (one scale from the block's extreme values);
+with one, ``quantize_row_*_impl`` search the scale with weights ``qw[j]*sqrt(sigma2 + x[j]^2)``
+(``sigma2`` = mean square of the row).  Q8_0 has no weighted encoder: ggml ignores the imatrix.
+Work is done on chunks of blocks small enough to stay in L2.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from .base import Kernel
+from .qx_search import make_qkx3_quants, make_qx_quants
+
+F32 = np.float32
+_CHUNK_BLOCKS = 2048
+_ROUNDF_HALF = np.uint32(0x3EFFFFFF)  # bits of 0.49999997f, see _roundf_inplace
+_SIGN = np.uint32(0x80000000)
+
+
+# ---- shared pieces -----------------------------------------------------------------------------------------
+def _minmax(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block min and max of ``xb`` (m, 32).  Reducing along a short contiguous axis is slow in numpy, so
+    the block is viewed as 8 lanes of 4 floats (complex128), transposed (cheap: 8 items per row) and reduced
+    along the long axis; the 4 lanes are folded at the end.  (The sign of a zero result is not meaningful.)"""
+    m = xb.shape[0]
+    t = np.ascontiguousarray(xb.view(np.complex128).T).view(F32).reshape(8, m, 4)
+    hi, lo = t.max(axis=0), t.min(axis=0)
+    hi = np.maximum(np.maximum(hi[:, 0], hi[:, 1]), np.maximum(hi[:, 2], hi[:, 3]))
+    lo = np.minimum(np.minimum(lo[:, 0], lo[:, 1]), np.minimum(lo[:, 2], lo[:, 3]))
+    return lo, hi
+
+
+def _signed_absmax(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`` from 0: first value of largest |x|."""
+    lo, hi = _minmax(xb)
+    nlo = -lo
+    amax = np.maximum(hi, nlo)
+    amax += F32(0)  # -0.0 -> +0.0
+    mx = np.where(nlo > hi, lo, hi)
+    mx += F32(0)
+    tie = (hi == nlo) & (hi > 0)
+    if tie.any():
+        sub = xb[tie]
+        mx[tie] = sub[np.arange(len(sub)), np.argmax(np.abs(sub) == amax[tie, None], axis=1)]
+    return amax, mx
+
+
+def _first_min(xb: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """ggml's ``if (v < min) min = v`` keeps the first of equal values: only the sign of a zero min differs."""
+    z = lo == 0
+    if z.any():
+        sub = xb[z]
+        lo[z] = sub[np.arange(len(sub)), np.argmax(sub == 0, axis=1)]
+    return lo
+
+
+def _inv(d: np.ndarray) -> np.ndarray:
+    """``d ? 1.0f/d : 0.0f``"""
+    return np.divide(F32(1), d, out=np.zeros_like(d), where=d != 0)
+
+
+def _roundf_inplace(t: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """C ``roundf`` (half away from zero) for |t| < 2^22, exactly: ``trunc(t + copysign(0.49999997f, t))``.
+    (0.5 itself would misround 0.49999997f, whose sum with 0.5 rounds up to 1.0; with 0.49999997f every
+    tie k+0.5 still sums to a value that rounds to k+1.)  The caller truncates by casting to an integer."""
+    np.bitwise_and(t.view(np.uint32), _SIGN, out=scratch)
+    scratch |= _ROUNDF_HALF
+    t += scratch.view(F32)
+    return t
+
+
+def _put_f16(out: np.ndarray, col: int, v: np.ndarray) -> None:
+    out[:, col:col + 2] = v.astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def _put_nibbles(out: np.ndarray, col: int, q: np.ndarray) -> None:
+    """qs[j] = (q[j] & 15) | (q[j+16] & 15) << 4 for q uint8 (m, 32)."""
+    lo, hi = q[:, :16] & np.uint8(15), q[:, 16:] << np.uint8(4)
+    np.bitwise_or(lo, hi, out=out[:, col:col + 16])
+
+
+def _put_qh(out: np.ndarray, col: int, q: np.ndarray) -> None:
+    """qh (uint32 LE) = OR of ((q[j] >> 4) & 1) << j: np.packbits with little bit order is exactly that."""
+    out[:, col:col + 4] = np.packbits((q & np.uint8(16)) != 0, axis=1, bitorder="little")
+
+
+def _each_chunk(x: np.ndarray, type_size: int, encode) -> np.ndarray:
+    """Run ``encode(xb, out)`` over chunks of blocks (xb float32 (m, 32), out uint8 (m, type_size))."""
+    xb = x.reshape(-1, 32)
+    out = np.empty((xb.shape[0], type_size), np.uint8)
+    for b0 in range(0, xb.shape[0], _CHUNK_BLOCKS):
+        encode(xb[b0:b0 + _CHUNK_BLOCKS], out[b0:b0 + _CHUNK_BLOCKS])
+    return out.reshape(x.shape[0], -1)
+
+
+def _row_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2 = (sequential sum of x^2) / n_per_row``."""
+    xt = np.ascontiguousarray(x.T)
+    sigma2 = np.add.reduce(xt * xt, axis=0, initial=F32(0)) / F32(x.shape[1])
+    w = x * x
+    w += sigma2[:, None]
+    np.sqrt(w, out=w)
+    w *= qw
+    return w
+
+
+def _dequant_nibbles(qs: np.ndarray) -> np.ndarray:
+    return np.concatenate([qs & np.uint8(15), qs >> np.uint8(4)], axis=1)
+
+
+def _dequant_qh(qh: np.ndarray) -> np.ndarray:
+    return np.unpackbits(qh, axis=1, bitorder="little") << np.uint8(4)
+
+
+def _f16(blocks: np.ndarray, col: int) -> np.ndarray:
+    return blocks[:, col:col + 2].copy().view(np.float16).astype(F32).ravel()
+
+
+# ---- Q8_0 --------------------------------------------------------------------------------------------------
+def _encode_q8_0(xb: np.ndarray, out: np.ndarray) -> None:
+    lo, hi = _minmax(xb)
+    amax = np.maximum(hi, -lo)
+    amax += F32(0)
+    d = amax / F32(127)
+    t = xb * _inv(d)[:, None]
+    _roundf_inplace(t, np.empty(t.shape, np.uint32))
+    np.copyto(out[:, 2:].view(np.int8), t, casting="unsafe")  # float -> int8 truncates, like C
+    _put_f16(out, 0, d)
+
+
+class Q8_0(Kernel, qtype=QT.Q8_0, block_size=32, type_size=34):
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        return _each_chunk(x, cls.type_size, _encode_q8_0)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        return blocks[:, 2:].view(np.int8).astype(F32) * _f16(blocks, 0)[:, None]
+
+
+# ---- Q4_0 / Q5_0 (symmetric) --------------------------------------------------------------------------------
+def _sym_ref(xb: np.ndarray, nhalf: int) -> tuple[np.ndarray, np.ndarray]:
+    """d = max/-nhalf; q = MIN(2*nhalf-1, (int8_t)(x*id + nhalf+0.5))."""
+    _, mx = _signed_absmax(xb)
+    d = mx / F32(-nhalf)
+    t = xb * _inv(d)[:, None]
+    t += F32(nhalf + 0.5)
+    q = t.astype(np.uint8)  # t >= 0.5 - tiny: truncation toward zero as in C
+    np.minimum(q, np.uint8(2 * nhalf - 1), out=q)
+    return d, q
+
+
+def _encode_q4_0(xb, out):
+    d, q = _sym_ref(xb, 8)
+    _put_f16(out, 0, d)
+    _put_nibbles(out, 2, q)
+
+
+def _encode_q5_0(xb, out):
+    d, q = _sym_ref(xb, 16)
+    _put_f16(out, 0, d)
+    _put_qh(out, 2, q)
+    _put_nibbles(out, 6, q)
+
+
+class Q4_0(Kernel, qtype=QT.Q4_0, block_size=32, type_size=18):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        if imatrix is None:
+            return _each_chunk(x, cls.type_size, _encode_q4_0)
+        d, L = make_qx_quants(x.reshape(-1, 32), 8, 1, _row_weights(x, imatrix).reshape(-1, 32))
+        out = np.empty((L.shape[0], cls.type_size), np.uint8)
+        _put_f16(out, 0, d)
+        _put_nibbles(out, 2, L.view(np.uint8))
+        return out.reshape(x.shape[0], -1)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        q = _dequant_nibbles(blocks[:, 2:]).astype(np.int8) - np.int8(8)
+        return q.astype(F32) * _f16(blocks, 0)[:, None]
+
+
+class Q5_0(Kernel, qtype=QT.Q5_0, block_size=32, type_size=22):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        if imatrix is None:
+            return _each_chunk(x, cls.type_size, _encode_q5_0)
+        d, L = make_qx_quants(x.reshape(-1, 32), 16, 1, _row_weights(x, imatrix).reshape(-1, 32))
+        out = np.empty((L.shape[0], cls.type_size), np.uint8)
+        q = L.view(np.uint8)
+        _put_f16(out, 0, d)
+        _put_qh(out, 2, q)
+        _put_nibbles(out, 6, q)
+        return out.reshape(x.shape[0], -1)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        q = (_dequant_nibbles(blocks[:, 6:]) | _dequant_qh(blocks[:, 2:6])).astype(np.int8) - np.int8(16)
+        return q.astype(F32) * _f16(blocks, 0)[:, None]
+
+
+# ---- Q4_1 / Q5_1 (scale + min) -----------------------------------------------------------------------------
+def _asym_ref(xb: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """d = (max-min)/nmax; q = (int)((x-min)*id + 0.5) (Q4_1 also clamps to 15: a no-op in range)."""
+    lo, hi = _minmax(xb)
+    mn = _first_min(xb, lo)
+    d = hi - mn
+    d += F32(0)  # ggml's max-min is never -0 (equal extremes are the same element)
+    d /= F32(nmax)
+    t = xb - mn[:, None]
+    t *= _inv(d)[:, None]
+    t += F32(0.5)
+    q = t.astype(np.uint8)
+    np.minimum(q, np.uint8(nmax), out=q)
+    return d, mn, q
+
+
+def _encode_q4_1(xb, out):
+    d, mn, q = _asym_ref(xb, 15)
+    _put_f16(out, 0, d)
+    _put_f16(out, 2, mn)
+    _put_nibbles(out, 4, q)
+
+
+def _encode_q5_1(xb, out):
+    d, mn, q = _asym_ref(xb, 31)
+    _put_f16(out, 0, d)
+    _put_f16(out, 2, mn)
+    _put_qh(out, 4, q)
+    _put_nibbles(out, 8, q)
+
+
+def _asym_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int, type_size: int) -> tuple[np.ndarray, np.ndarray]:
+    d, the_min, q = make_qkx3_quants(x.reshape(-1, 32), nmax, _row_weights(x, imatrix).reshape(-1, 32))
+    out = np.empty((q.shape[0], type_size), np.uint8)
+    _put_f16(out, 0, d)
+    _put_f16(out, 2, -the_min)
+    return out, q
+
+
+class Q4_1(Kernel, qtype=QT.Q4_1, block_size=32, type_size=20):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        if imatrix is None:
+            return _each_chunk(x, cls.type_size, _encode_q4_1)
+        out, q = _asym_impl(x, imatrix, 15, cls.type_size)
+        _put_nibbles(out, 4, q)
+        return out.reshape(x.shape[0], -1)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        q = _dequant_nibbles(blocks[:, 4:]).astype(F32)
+        return q * _f16(blocks, 0)[:, None] + _f16(blocks, 2)[:, None]
+
+
+class Q5_1(Kernel, qtype=QT.Q5_1, block_size=32, type_size=24):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        if imatrix is None:
+            return _each_chunk(x, cls.type_size, _encode_q5_1)
+        out, q = _asym_impl(x, imatrix, 31, cls.type_size)
+        _put_qh(out, 4, q)
+        _put_nibbles(out, 8, q)
+        return out.reshape(x.shape[0], -1)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        q = (_dequant_nibbles(blocks[:, 8:]) | _dequant_qh(blocks[:, 4:8])).astype(F32)
+        return q * _f16(blocks, 0)[:, None] + _f16(blocks, 2)[:, None]
