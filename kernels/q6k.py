@@ -1,1 +1,102 @@
-"""Placeholder: kernels for this module are being written."""
+"""Q6_K: 256-value super-blocks of 16 groups of 16, 6-bit levels (ggml-quants.c, bit for bit).
+
+Block layout (210 bytes)::
+
+    ql[128]      low 4 bits: for each half h of 128 values, ql[64h + l]      = L[l] | L[l+64] << 4,
+                                                            ql[64h + 32 + l] = L[l+32] | L[l+96] << 4
+    qh[64]       high 2 bits: qh[32h + l] = L[l]>>4 | L[l+32]>>4 << 2 | L[l+64]>>4 << 4 | L[l+96]>>4 << 6
+    scales[16]   int8 group scales
+    d            fp16 super-block scale;  x = d * scales[g] * (L - 32)
+
+Encoder (``quantize_row_q6_K_ref`` / ``_impl``, which only differ by the weights of the group search): each
+group's scale from ``make_qx_quants(16, 32, x, L, 1, qw)``; the scales are quantized to int8 against the one
+of largest magnitude; then every group whose rounded scale is non-zero is re-quantized with it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from .base import Kernel
+from .qx_search import GROUP_MAX_EPS, make_qx_quants, signed_absmax
+
+F32 = np.float32
+QK_K = 256
+
+
+def _nearest_int(t: np.ndarray) -> np.ndarray:
+    """ggml's ``nearest_int`` bit trick itself (not rint), so even out-of-range or NaN quotients (an fp16 ``d``
+    that overflowed) give ggml's integers."""
+    t += F32(12582912)
+    iv = t.view(np.int32)
+    iv &= 0x007FFFFF
+    iv -= 0x00400000
+    return iv
+
+
+def _requantize(xg: np.ndarray, L: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From group scales (nb, 16): d (fp16), int8 scales, and L redone with the rounded scales."""
+    nb = scales.shape[0]
+    amax, max_scale = signed_absmax(np.ascontiguousarray(scales.T))
+    zero = amax < GROUP_MAX_EPS
+    max_scale[zero] = 1  # placeholder; zero super-blocks are written as all-zero bytes
+    iscale = F32(-128) / max_scale
+    d16 = (F32(1) / iscale).astype(np.float16)
+    sc = np.rint(scales * iscale[:, None])
+    np.minimum(sc, F32(127), out=sc)
+    sc = sc.astype(np.int8)
+    dg = d16.astype(F32)[:, None] * sc.astype(F32)  # (nb, 16): d * scales[j]
+    live = dg != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = xg.reshape(nb, 16, 16) / dg[:, :, None]
+    t = _nearest_int(t)
+    np.clip(t, -32, 31, out=t)
+    t += 32
+    L = L.reshape(nb, 16, 16)
+    np.copyto(L, t, where=live[:, :, None], casting="unsafe")
+    d16[zero] = 0
+    sc[zero] = 0
+    L[zero] = 0
+    return d16, sc, L.reshape(nb, QK_K)
+
+
+def _pack(d16: np.ndarray, sc: np.ndarray, L: np.ndarray) -> np.ndarray:
+    nb = L.shape[0]
+    out = np.empty((nb, 210), np.uint8)
+    q = L.view(np.uint8).reshape(nb, 2, 4, 32)  # [half][quarter][l]
+    lo = q & np.uint8(15)
+    hi = q >> np.uint8(4)
+    ql = out[:, :128].reshape(nb, 2, 2, 32)
+    np.bitwise_or(lo[:, :, :2], lo[:, :, 2:] << np.uint8(4), out=ql)
+    qh = out[:, 128:192].reshape(nb, 2, 32)
+    np.bitwise_or(hi[:, :, 0], hi[:, :, 1] << np.uint8(2), out=qh)
+    qh |= hi[:, :, 2] << np.uint8(4)
+    qh |= hi[:, :, 3] << np.uint8(6)
+    out[:, 192:208] = sc.view(np.uint8)
+    out[:, 208:210] = d16.view(np.uint8).reshape(nb, 2)
+    return out
+
+
+class Q6_K(Kernel, qtype=QT.Q6_K, block_size=QK_K, type_size=210):
+    uses_imatrix = True
+
+    @classmethod
+    def _quantize_rows(cls, x, imatrix):
+        rows, n = x.shape
+        xg = x.reshape(-1, 16)
+        qw = None if imatrix is None else np.broadcast_to(imatrix, (rows, n)).reshape(-1, 16)
+        scales, L = make_qx_quants(xg, 32, 1, qw)
+        d16, sc, L = _requantize(xg, L, scales.reshape(-1, 16))
+        return _pack(d16, sc, L).reshape(rows, -1)
+
+    @classmethod
+    def _dequantize_blocks(cls, blocks):
+        nb = blocks.shape[0]
+        ql = blocks[:, :128].reshape(nb, 2, 2, 32)
+        qh = blocks[:, 128:192].reshape(nb, 2, 1, 32)
+        lo = np.concatenate([ql & np.uint8(15), ql >> np.uint8(4)], axis=2)  # (nb, 2, 4, 32)
+        hi = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & np.uint8(3)
+        q = ((lo | (hi << np.uint8(4))).astype(np.int8) - np.int8(32)).astype(F32).reshape(nb, 16, 16)
+        sc = blocks[:, 192:208].view(np.int8).astype(F32)
+        d = blocks[:, 208:210].copy().view(np.float16).astype(F32)  # (nb, 1)
+        return ((d * sc)[:, :, None] * q).reshape(nb, QK_K)
