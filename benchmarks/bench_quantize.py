@@ -1,0 +1,138 @@
+"""Benchmark: our whole pipeline (safetensors in, GGUF out) against llama.cpp's quantize step alone.
+
+For each recipe (default Q4_K_M, Q6_K, Q8_0) it runs, each in its own fresh subprocess so peak RSS is that job's:
+
+* ours:  ``quantizer.convert(SmolLM2 checkpoint, out, recipe, threads=N)``, end to end;
+* llama: ``llama_cpp.llama_model_quantize(F16 GGUF, out, ftype, nthread=N)``, from the F16 GGUF our converter
+  made of the same checkpoint (made once beforehand, not timed),
+
+and prints seconds, peak RSS (``ru_maxrss`` of the child) and the ratio ours/llama (goal: <= 1.0), plus whether
+the two GGUFs hold identical tensors.  Usage::
+
+    .venv/bin/python benchmarks/bench_quantize.py [--threads N] [--repeat R] [--recipes Q4_K_M,Q6_K,Q8_0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_RECIPES = ("Q4_K_M", "Q6_K", "Q8_0")
+
+
+# ---- child jobs --------------------------------------------------------------------------------------------
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _job_ours(src: str, out: str, recipe: str, threads: int) -> dict:
+    import quantizer
+
+    t0 = time.perf_counter()
+    quantizer.convert(Path(src), Path(out), recipe, threads=threads)
+    return {"seconds": time.perf_counter() - t0, "rss_mib": _peak_rss_mib()}
+
+
+def _job_llama(src: str, out: str, recipe: str, threads: int) -> dict:
+    import ctypes
+
+    import llama_cpp
+
+    from quantizer.recipes import RECIPES
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = RECIPES[recipe].ftype
+    params.nthread = threads
+    llama_cpp.llama_log_set(llama_cpp.llama_log_callback(lambda *a: None), ctypes.c_void_p(0))
+    t0 = time.perf_counter()
+    rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize returned {rc}")
+    return {"seconds": seconds, "rss_mib": _peak_rss_mib()}
+
+
+def _child(argv: list[str]) -> int:
+    job, src, out, recipe, threads = argv
+    fn = {"ours": _job_ours, "llama": _job_llama}[job]
+    print(json.dumps(fn(src, out, recipe, int(threads))))
+    return 0
+
+
+def _run_child(job: str, src: Path, out: Path, recipe: str, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", job, str(src), str(out), recipe, str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600)
+    if res.returncode != 0:
+        raise RuntimeError(f"{job} {recipe} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ---- the parent --------------------------------------------------------------------------------------------
+def _same_tensors(a: Path, b: Path) -> bool:
+    import gguf
+    import numpy as np
+
+    ra, rb = gguf.GGUFReader(str(a)), gguf.GGUFReader(str(b))
+    ta = {t.name: (int(t.tensor_type), np.asarray(t.data).tobytes()) for t in ra.tensors}
+    tb = {t.name: (int(t.tensor_type), np.asarray(t.data).tobytes()) for t in rb.tensors}
+    return ta == tb
+
+
+def _checkpoint() -> Path:
+    import platformdirs
+
+    from app.core.demo import build_demo_checkpoint
+
+    cache = Path(platformdirs.user_cache_dir("distilldesk")) / "test-fixtures" / "smollm2-135m-instruct-hf"
+    return build_demo_checkpoint(cache)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per job; the fastest is reported")
+    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES))
+    args = ap.parse_args(argv)
+    recipes = [r.strip().upper() for r in args.recipes.split(",") if r.strip()]
+
+    import quantizer
+
+    src = _checkpoint()
+    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
+        work = Path(tmp)
+        f16 = work / "smollm2-F16.gguf"
+        quantizer.convert(src, f16, "F16", threads=args.threads)  # llama.cpp's input, not timed
+        print(f"SmolLM2-135M-Instruct, {args.threads} thread(s), best of {args.repeat}; "
+              f"ours = safetensors -> GGUF end to end, llama = llama_model_quantize from our F16 GGUF")
+        head = f"{'recipe':8} {'ours s':>8} {'ours MiB':>9} {'llama s':>8} {'llama MiB':>10} {'ratio':>6}  same"
+        print(head)
+        print("-" * len(head))
+        for recipe in recipes:
+            best: dict[str, dict] = {}
+            for _ in range(args.repeat):
+                for job, inp in (("ours", src), ("llama", f16)):
+                    r = _run_child(job, inp, work / f"{job}-{recipe}.gguf", recipe, args.threads)
+                    if job not in best or r["seconds"] < best[job]["seconds"]:
+                        best[job] = r
+            same = _same_tensors(work / f"ours-{recipe}.gguf", work / f"llama-{recipe}.gguf")
+            o, ll = best["ours"], best["llama"]
+            print(f"{recipe:8} {o['seconds']:8.2f} {o['rss_mib']:9.0f} {ll['seconds']:8.2f} {ll['rss_mib']:10.0f} "
+                  f"{o['seconds'] / ll['seconds']:6.2f}  {'yes' if same else 'NO'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        sys.exit(_child(sys.argv[2:]))
+    sys.exit(main())
