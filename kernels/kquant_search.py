@@ -69,7 +69,7 @@ def _weighted_error(s, m, lf, xt, wt, use_mad, tmp):
     if use_mad:
         np.abs(tmp, out=tmp)
     else:
-        np.multiply(tmp, tmp, out=tmp)
+        np.square(tmp, out=tmp)
     tmp *= wt
     return seq_sum0(tmp)
 
@@ -77,13 +77,12 @@ def _weighted_error(s, m, lf, xt, wt, use_mad, tmp):
 def _quantize_levels(xt, mn, iscale, nmax, mx, xmin, out):
     """out = MAX(0, MIN(nmax, nearest_int(iscale*(x - min)))) as float32.
 
-    np.rint equals nearest_int while |iscale*(x - min)| < 2^22 (checked per call from the block extremes);
-    otherwise (tiny ranges, huge values) ggml's bit trick is reproduced exactly.
+    np.rint equals nearest_int while |iscale*(x - min)| < 2^22, which the block extremes tell (a ggml min
+    above the data's min, an overflowing range or iscale); otherwise ggml's bit trick is reproduced exactly.
     """
     np.subtract(xt, mn, out=out)
     out *= iscale
-    bound = iscale * np.maximum(mx - mn, np.abs(xmin - mn))
-    if (bound < F32(4e6)).all():
+    if (iscale * np.maximum(mx - mn, mn - xmin) < F32(4e6)).all():
         np.rint(out, out=out)
         np.clip(out, F32(0), F32(nmax), out=out)
     else:
@@ -97,9 +96,10 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta:
 
     make_qkx2_quants and make_qkx3_quants differ only in ``if (max == min)`` vs ``if (max <= min)`` (the same
     test, since min <= max always holds here) and in qkx3's NULL weights, handled by the callers.
+    Instead of copying the winning levels at every step, the (iscale, min) that produced them are kept and
+    the levels recomputed once at the end (the same float ops give the same levels).
     Longer than 60 lines because it follows the C function step by step.
     """
-    n, nb = xt.shape
     xmin = xt.min(axis=0)
     mn = np.minimum(xmin, F32(0))
     mx = xt.max(axis=0)
@@ -109,18 +109,19 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta:
     # flat blocks: L = 0, scale 0 (patched at the end); keep their numbers finite meanwhile
     flat_min = mn[flat]
     mx[flat], mn[flat], xmin[flat] = 1, 0, 0
-    lf = np.empty_like(xt)
     laux = np.empty_like(xt)
     wl = np.empty_like(xt)
     tmp = np.empty_like(xt)
+    fnmax = F32(nmax)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        iscale = F32(nmax) / (mx - mn)
+        iscale = fnmax / (mx - mn)
         scale = F32(1) / iscale
-        _quantize_levels(xt, mn, iscale, nmax, mx, xmin, lf)
-        best = _weighted_error(scale, mn, lf, xt, wt, use_mad, tmp)
+        best_iscale, best_mn = iscale, mn
+        _quantize_levels(xt, mn, iscale, nmax, mx, xmin, laux)
+        best = _weighted_error(scale, mn, laux, xt, wt, use_mad, tmp)
         for step in range(nstep + 1):
             # ggml updates `min` whenever a step wins, and later steps quantize x - min with that min
-            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + fnmax) / (mx - mn)
             _quantize_levels(xt, mn, iscale, nmax, mx, xmin, laux)
             np.multiply(wt, laux, out=wl)
             sum_l = seq_sum0(wl)
@@ -138,14 +139,16 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta:
             cur = _weighted_error(this_scale, this_min, laux, xt, wt, use_mad, tmp)
             better = (d > 0) & (cur < best)
             if better.any():
-                np.copyto(lf, laux, where=better)
-                best[better] = cur[better]
-                scale[better] = this_scale[better]
-                mn[better] = this_min[better]
+                best = np.where(better, cur, best)
+                best_iscale = np.where(better, iscale, best_iscale)
+                best_mn = np.where(better, mn, best_mn)
+                scale = np.where(better, this_scale, scale)
+                mn = np.where(better, this_min, mn)
+        _quantize_levels(xt, best_mn, best_iscale, nmax, mx, xmin, laux)
     scale[flat] = 0
     mn[flat] = flat_min
-    lf[:, flat] = 0
-    return scale, -mn, lf.astype(np.uint8)
+    laux[:, flat] = 0
+    return scale, -mn, laux.astype(np.uint8)
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, quant_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -120,6 +120,12 @@ def _impl_search(x: np.ndarray, imatrix: np.ndarray, nmax: int):
 
 def _encode(x: np.ndarray, imatrix: np.ndarray | None, nmax: int, rmin: float, nstep: int, cap63: bool):
     """Shared Q4_K/Q5_K encoder: returns d, dmin (fp16), scales[12], final levels L (n_super, 256) uint8."""
+    # overflow/invalid/zero division happen exactly where they happen in ggml (huge or subnormal blocks)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _encode_body(x, imatrix, nmax, rmin, nstep, cap63)
+
+
+def _encode_body(x, imatrix, nmax, rmin, nstep, cap63):
     if imatrix is None:
         xt = _sub_blocks_t(x)
         scales, mins, lt = _ref_search(xt, nmax, rmin, nstep)

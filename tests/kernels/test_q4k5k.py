@@ -37,7 +37,11 @@ def _cases() -> dict[str, np.ndarray]:
     special[4, :256] *= 1e-15                         # tiny super-block next to normal ones
     special[5, ::7] = 40.0                            # strong positive outliers
     special[6, :32] = np.linspace(-1, 1, 32)          # evenly spaced sub-block
-    special[7, :256] *= 1e-39                         # subnormal super-block: iscale overflows to inf
+    c["subnormal"] = special[4:5] * 1e-39                                # iscale overflows to inf
+    c["subnormal_pos"] = np.abs(special[4:5]) * 1e-39                    # the same with min clamped to 0
+    huge = special[5:6].copy()
+    huge[0, :64] = [3e38, -3e38] * 32                                    # max - min overflows to inf
+    c["huge"] = huge
     c["special"] = special
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in c.items()}
 
