@@ -20,221 +20,486 @@ model (the engine is also a context manager).
 """
 from __future__ import annotations
 
+import codecs
+import ctypes
+import logging
+import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .thinking import Segment
+from .chat_template import ChatTemplate
+from .chat_types import (
+    FinishReason,
+    Message,
+    MessageLike,
+    ModelInfo,
+    OnText,
+    PreparedPrompt,
+    Reply,
+    ReplyStats,
+    Role,
+    SamplingSettings,
+)
+from .errors import ContextOverflowError, EngineBusyError, EngineError, GpuUnavailableError, ModelLoadError
+from .gguf_header import GGUFHeader, read_header
+from .thinking import ThinkingParser, prompt_opens_thinking
 
-Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length", "cancelled"]
-
-# DeepSeek's recommended R1 sampling: temperature 0.6, top-p 0.95, no other truncation.
-R1_TEMPERATURE = 0.6
-R1_TOP_P = 0.95
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How to pick tokens.  Defaults are DeepSeek-R1's recommendation.
-
-    ``greedy=True`` always takes the most likely token (temperature/top-p are then ignored).
-    ``seed``: a fixed seed makes sampling reproducible; ``None`` = a fresh random seed per reply.
-    ``max_tokens``: the most tokens one reply may generate (reasoning included).
-    """
-
-    temperature: float = R1_TEMPERATURE
-    top_p: float = R1_TOP_P
-    top_k: int = 0                 # 0 = off
-    min_p: float = 0.0             # 0 = off
-    repeat_penalty: float = 1.0    # 1 = off
-    max_tokens: int = 2048
-    greedy: bool = False
-    seed: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SamplingSettings:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored (settings saved by other versions)."""
-        raise NotImplementedError
+log = logging.getLogger(__name__)
+DEFAULT_SETTINGS = SamplingSettings()   # DeepSeek-R1's recommended sampling
+llama_log = logging.getLogger("app.core.llama_cpp")
 
 
-@dataclass(frozen=True)
-class Message:
-    """One chat message.  ``reasoning`` (assistant only) is kept for display and history but is NOT sent back
-    to the model in later turns."""
-
-    role: Role
-    content: str
-    reasoning: str = ""
-
-
-MessageLike = Message | Mapping[str, Any]   # dicts with "role" and "content" (and optional "reasoning") work too
+# ---- llama.cpp's log -> logging ----------------------------------------------------------------------------------
+# ggml.h's ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 "continue the previous message"
+# (llama-cpp-python's _logger.py comment has an older order).
+_GGML_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_state: dict[str, Any] = {"level": logging.INFO, "partial": "", "callback": None}
+_log_lock = threading.Lock()
+_recent_problems: deque[str] = deque(maxlen=8)   # last warning/error lines, quoted in load-failure messages
 
 
-@dataclass(frozen=True)
-class ReplyStats:
-    """Timings of one reply.  Rates are 0.0 when there was nothing to time."""
-
-    time_to_first_token_s: float   # from the call to the first generated token
-    prompt_tokens: int             # tokens of the whole rendered prompt
-    prompt_tokens_evaluated: int   # of which were actually evaluated (the rest came from the KV cache)
-    prompt_tokens_per_s: float     # prompt_tokens_evaluated / prompt time
-    generated_tokens: int
-    decode_tokens_per_s: float     # (generated_tokens - 1) / time from the first to the last token
-    total_s: float
-    reasoning_tokens: int = 0
-    reasoning_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What :meth:`Engine.chat` returns.
-
-    ``text``: the raw generated text; ``reasoning``/``answer``: it split by the thinking parser.
-    ``finish_reason``: ``"stop"`` (end-of-generation token), ``"length"`` (max_tokens or context full),
-    ``"cancelled"`` (the cancel event was set; the partial text is kept).
-    ``dropped_turns``: how many of the oldest turns were left out to fit the context; ``notice`` says so in words
-    (``None`` when nothing was left out).
-    """
-
-    text: str
-    reasoning: str
-    answer: str
-    finish_reason: FinishReason
-    stats: ReplyStats
-    unterminated: bool = False
-    skipped_reasoning: bool = False
-    dropped_turns: int = 0
-    notice: str | None = None
-    tokens: tuple[int, ...] = field(default=(), repr=False)
-
-    def as_message(self) -> Message:
-        """The assistant message to append to the conversation for the next turn."""
-        return Message("assistant", self.answer, self.reasoning)
+def _on_llama_log(level: int, text: bytes | None, _user: Any) -> None:
+    """Called by llama.cpp (any thread) for every log fragment; whole lines go to ``llama_log``."""
+    try:
+        msg = (text or b"").decode("utf-8", errors="replace")
+        with _log_lock:
+            if level != 5:
+                _log_state["level"] = _GGML_LEVELS.get(level, logging.INFO)
+            buf = _log_state["partial"] + msg
+            *lines, _log_state["partial"] = buf.split("\n")
+            lvl = _log_state["level"]
+        for line in lines:
+            if line.strip():
+                if lvl >= logging.WARNING:
+                    _recent_problems.append(line.strip())
+                llama_log.log(lvl, "%s", line)
+    except Exception:  # noqa: BLE001 - an exception must never cross back into C
+        pass
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the GGUF says about itself (plus how it was loaded)."""
+def install_llama_log_handler() -> None:
+    """Route llama.cpp/ggml logging to the ``app.core.llama_cpp`` logger (idempotent; the Engine calls it).
+    Importing llama_cpp installs its own printer to stderr, so this runs after that import."""
+    import llama_cpp
 
-    path: Path
-    architecture: str
-    name: str
-    file_type: str                 # e.g. "Q4_K_M", "F16" ("unknown" when the file does not say)
-    size_bytes: int
-    n_params: int
-    context_length: int            # trained context length
-    vocab_size: int
-    chat_template: str | None
-    n_ctx: int                     # context of this load
-    backend: str
+    if _log_state["callback"] is None:
+        _log_state["callback"] = llama_cpp.llama_log_callback(_on_llama_log)   # kept alive: C holds the pointer
+    llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
 
 
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """A conversation rendered and tokenized to fit the context (see :meth:`Engine.prepare`)."""
-
-    text: str
-    tokens: tuple[int, ...]
-    dropped_turns: int
-    starts_in_reasoning: bool      # the rendered prompt ends inside an open <think> block
-
-
-OnText = Callable[[Segment], None]
+# GPU backends as llama.cpp's system info names them, and how we call them.
+_GPU_NAMES = {"CUDA": "CUDA", "Metal": "Metal", "MTL": "Metal", "Vulkan": "Vulkan", "HIP": "ROCm", "ROCm": "ROCm",
+              "SYCL": "SYCL", "MUSA": "MUSA", "CANN": "CANN", "OpenCL": "OpenCL", "Kompute": "Kompute"}
 
 
 def gpu_backend() -> str | None:
     """The GPU backend this llama.cpp build offloads to (``"CUDA"``, ``"Metal"``, ``"Vulkan"``, ...), or ``None``
     for a CPU-only build."""
-    raise NotImplementedError
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return None
+    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    for part in info.split("|"):
+        name = part.split("=")[0].split(":")[0].strip()
+        if name in _GPU_NAMES:
+            return _GPU_NAMES[name]
+    return "GPU"
+
+
+def _available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation (Linux MemAvailable; elsewhere free physical pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _file_type_name(code: Any) -> str:
+    try:
+        import gguf
+
+        return gguf.LlamaFileType(int(code)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (ValueError, TypeError):
+        return "unknown"
+
+
+__all__ = ["DEFAULT_SETTINGS", "Engine", "FinishReason", "Message", "MessageLike", "ModelInfo", "OnText",
+           "PreparedPrompt", "Reply", "ReplyStats", "Role", "SamplingSettings", "gpu_backend",
+           "install_llama_log_handler"]
+
+
+def _as_message(m: MessageLike) -> Message:
+    if isinstance(m, Message):
+        return m
+    role = m.get("role")
+    if role not in ("system", "user", "assistant"):
+        raise ValueError(f"unknown message role {role!r}: use system, user or assistant")
+    return Message(role, str(m.get("content") or ""), str(m.get("reasoning") or ""))
+
+
+def _turns(messages: Sequence[Message]) -> tuple[Message | None, list[list[Message]]]:
+    """(system prompt, turns): a turn is a user message and what follows it up to the next user message."""
+    system = messages[0] if messages and messages[0].role == "system" else None
+    turns: list[list[Message]] = []
+    for m in messages[1 if system else 0:]:
+        if m.role == "user" or not turns:
+            turns.append([m])
+        else:
+            turns[-1].append(m)
+    return system, turns
 
 
 class Engine:
     """One loaded model.  See the module docstring.
 
-    ``model_path``: a GGUF file.  ``n_ctx``: context window (tokens) for this load.  ``n_threads``: CPU threads
-    (``None`` = llama.cpp's default).  ``n_gpu_layers``: layers to offload (``-1`` = all; needs a GPU build).
-    ``use_mmap``: map the file instead of reading it into RAM.  ``seed``: default seed for sampling.
-    ``vocab_only``: load only the tokenizer and metadata (no weights: rendering/tokenizing, no generation).
+    ``model_path``: a GGUF file.  ``n_ctx``: context window (tokens) for this load (0 = the trained length).
+    ``n_threads``: CPU threads (``None`` = llama.cpp's default).  ``n_gpu_layers``: layers to offload (``-1`` =
+    all; needs a GPU build).  ``use_mmap``: map the file instead of reading it into RAM.  ``seed``: default seed
+    for sampling (``SamplingSettings.seed`` overrides it).  ``vocab_only``: load only the tokenizer and metadata
+    (rendering/tokenizing, no generation).
     """
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, use_mmap: bool = True, seed: int | None = None,
                  vocab_only: bool = False) -> None:
         self._lock = threading.Lock()
-        raise NotImplementedError
+        self._llama: Any = None
+        self._path = Path(model_path)
+        self._seed = seed
+        self._header: GGUFHeader = read_header(self._path)
+        gpu = gpu_backend()
+        if n_gpu_layers and gpu is None:
+            raise GpuUnavailableError(
+                f"{n_gpu_layers} GPU layers were asked for, but this llama.cpp build has no GPU offload (CPU "
+                f"only): set GPU layers to 0, or rebuild with GPU support, e.g. "
+                f"DISTILLDESK_CMAKE_ARGS=-DGGML_CUDA=on make run")
+        self._backend = gpu if (n_gpu_layers and gpu) else "CPU"
+        if not use_mmap and not vocab_only:
+            self._check_fits_in_ram()
+        self._llama = self._load(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                 use_mmap=use_mmap, vocab_only=vocab_only)
+        self._vocab_only = vocab_only
+        import llama_cpp
+
+        self._vocab = self._llama._model.vocab
+        self._piece_buf = ctypes.create_string_buffer(64)
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        model = self._llama._model
+        bos, eos = self._llama.token_bos(), self._llama.token_eos()
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)) and bos >= 0
+        self._template = ChatTemplate(self._header.metadata.get("tokenizer.chat_template"),
+                                      bos_token=model.token_get_text(bos) if bos >= 0 else "",
+                                      eos_token=model.token_get_text(eos) if eos >= 0 else "")
+        if self._template.is_fallback:
+            log.warning("%s has no chat template; using ChatML", self._path.name)
+        self._info = self._make_info()
+        log.info("loaded %s (%s, %s, n_ctx=%d, backend %s)", self._path.name, self._info.architecture,
+                 self._info.file_type, self.n_ctx, self._backend)
+
+    def _check_fits_in_ram(self) -> None:
+        need, avail = self._header.file_size, _available_memory()
+        if avail is not None and need > avail:
+            raise ModelLoadError(
+                f"{self._path.name} needs {need / 2**30:.1f} GiB of memory to load without memory mapping, but "
+                f"only {avail / 2**30:.1f} GiB is available: turn memory mapping on, close other programs, or "
+                f"choose a smaller quantization")
+
+    def _load(self, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int, use_mmap: bool,
+              vocab_only: bool) -> Any:
+        import llama_cpp
+
+        install_llama_log_handler()
+        _recent_problems.clear()
+        seed = self._seed if self._seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+        try:
+            return llama_cpp.Llama(str(self._path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                                   n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, vocab_only=vocab_only,
+                                   seed=seed, verbose=False)
+        except (ValueError, RuntimeError, OSError) as e:
+            why = "; ".join(_recent_problems) or str(e)
+            arch = self._header.architecture
+            raise ModelLoadError(
+                f"llama.cpp could not load {self._path.name} (architecture {arch!r}): {why}. If the "
+                f"architecture is new, update DistillDesk; otherwise download or convert the model again") from None
+
+    def _make_info(self) -> ModelInfo:
+        import llama_cpp
+
+        h = self._header
+        n_params = h.n_params or int(llama_cpp.llama_model_n_params(self._llama._model.model))
+        return ModelInfo(path=self._path, architecture=h.architecture,
+                         name=str(h.metadata.get("general.name") or self._path.stem),
+                         file_type=_file_type_name(h.metadata.get("general.file_type")), size_bytes=h.file_size,
+                         n_params=n_params, context_length=int(h.arch_value("context_length", 0) or 0),
+                         vocab_size=int(self._llama.n_vocab()), chat_template=self._template.source
+                         if not self._template.is_fallback else None, n_ctx=self.n_ctx, backend=self._backend)
 
     # ---- facts ------------------------------------------------------------------------------------------------
     @property
     def backend(self) -> str:
         """``"CPU"`` or the GPU backend layers are offloaded to."""
-        raise NotImplementedError
+        return self._backend
 
     @property
     def info(self) -> ModelInfo:
-        raise NotImplementedError
+        return self._info
 
     @property
     def n_ctx(self) -> int:
-        raise NotImplementedError
+        return int(self._live().n_ctx())
 
     @property
     def llama(self) -> Any:
         """The underlying ``llama_cpp.Llama`` (for app.core.compare's teacher-forced evaluation).  Do not keep it
         past :meth:`close`."""
-        raise NotImplementedError
+        return self._live()
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        return self._template
+
+    def _live(self) -> Any:
+        if self._llama is None:
+            raise EngineError("the model was closed: load it again")
+        return self._llama
 
     # ---- text <-> tokens --------------------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
         """Tokens of ``text``; ``special=True`` parses special-token text (``<|im_start|>``) as those tokens."""
-        raise NotImplementedError
+        return list(self._live().tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        raise NotImplementedError
+        return self._live().detokenize(list(tokens)).decode("utf-8", errors="replace")
 
     def render_prompt(self, messages: Sequence[MessageLike], *, add_generation_prompt: bool = True) -> str:
         """The conversation as the model's chat template writes it (assistant reasoning left out)."""
-        raise NotImplementedError
+        msgs = [_as_message(m) for m in messages]
+        return self._template.render([{"role": m.role, "content": m.content} for m in msgs],
+                                     add_generation_prompt=add_generation_prompt)
+
+    def _prompt_tokens(self, text: str) -> list[int]:
+        toks = self.tokenize(text, special=True)
+        bos = self._llama.token_bos()
+        if self._add_bos and (not toks or toks[0] != bos):   # the template did not write the BOS itself
+            toks.insert(0, bos)
+        return toks
 
     def prepare(self, messages: Sequence[MessageLike], *, max_tokens: int) -> PreparedPrompt:
         """Render and tokenize, leaving out the oldest turns (after the system prompt) until prompt +
         ``max_tokens`` fits in the context.  Raises ContextOverflowError when even the last user message does
         not fit."""
-        raise NotImplementedError
+        msgs = [_as_message(m) for m in messages]
+        if not msgs or msgs[-1].role != "user":
+            raise ValueError("the conversation must end with a user message")
+        system, turns = _turns(msgs)
+        budget = self.n_ctx - max_tokens
+        for dropped in range(len(turns)):
+            kept = ([system] if system else []) + [m for t in turns[dropped:] for m in t]
+            text = self.render_prompt(kept)
+            toks = self._prompt_tokens(text)
+            if len(toks) <= budget:
+                return PreparedPrompt(text, tuple(toks), dropped, prompt_opens_thinking(text))
+        raise ContextOverflowError(
+            f"the last message{' and the system prompt' if system else ''} take {len(toks)} tokens and the "
+            f"reply may take up to {max_tokens}, but the context holds {self.n_ctx}: shorten the message, lower "
+            f"the maximum reply length, or load the model with a larger context")
 
     # ---- generation -------------------------------------------------------------------------------------------
-    def chat(self, messages: Sequence[MessageLike], *, settings: SamplingSettings = SamplingSettings(),
+    def chat(self, messages: Sequence[MessageLike], *, settings: SamplingSettings = DEFAULT_SETTINGS,
              on_text: OnText | None = None, cancel: threading.Event | None = None) -> Reply:
         """Answer the conversation (its last message is the user's).  ``on_text`` gets each decided piece of
         reasoning/answer text as it streams (a :class:`~app.core.thinking.Segment`); setting ``cancel`` stops at
         the next token and returns the partial reply with ``finish_reason="cancelled"``."""
-        raise NotImplementedError
+        with self._busy():
+            t0 = time.perf_counter()
+            prep = self.prepare(messages, max_tokens=settings.max_tokens)
+            parser = ThinkingParser(starts_in_reasoning=prep.starts_in_reasoning)
 
-    def complete(self, prompt: str | Sequence[int], *, settings: SamplingSettings = SamplingSettings(),
+            def sink(piece: str) -> None:
+                for seg in parser.feed(piece):
+                    if on_text is not None:
+                        on_text(seg)
+
+            run = self._generate(prep.tokens, settings, sink, cancel, t0)
+            for seg in parser.flush():
+                if on_text is not None:
+                    on_text(seg)
+            th = parser.finish()
+            stats = run.stats(len(prep.tokens), th.reasoning_tokens, th.reasoning_seconds)
+            notice = None
+            if prep.dropped_turns:
+                notice = (f"The conversation is longer than the model's context ({self.n_ctx} tokens): the "
+                          f"oldest {prep.dropped_turns} turn{'s' if prep.dropped_turns > 1 else ''} "
+                          f"{'were' if prep.dropped_turns > 1 else 'was'} left out of this reply's context.")
+            return Reply(text=run.text, reasoning=th.reasoning, answer=th.answer, finish_reason=run.finish,
+                         stats=stats, unterminated=th.unterminated, skipped_reasoning=th.skipped_reasoning,
+                         dropped_turns=prep.dropped_turns, notice=notice, tokens=tuple(run.tokens))
+
+    def complete(self, prompt: str | Sequence[int], *, settings: SamplingSettings = DEFAULT_SETTINGS,
                  on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Reply:
         """Plain continuation of ``prompt`` (text, or tokens), no chat template and no reasoning split
         (``answer == text``)."""
-        raise NotImplementedError
+        with self._busy():
+            t0 = time.perf_counter()
+            toks = self._prompt_tokens(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+            if len(toks) + settings.max_tokens > self.n_ctx:
+                raise ContextOverflowError(
+                    f"the prompt takes {len(toks)} tokens and the reply may take up to {settings.max_tokens}, but "
+                    f"the context holds {self.n_ctx}: shorten the prompt or lower the maximum reply length")
+            run = self._generate(toks, settings, on_text or (lambda _s: None), cancel, t0)
+            return Reply(text=run.text, reasoning="", answer=run.text, finish_reason=run.finish,
+                         stats=run.stats(len(toks), 0, 0.0), tokens=tuple(run.tokens))
+
+    def _busy(self) -> Any:
+        engine = self
+
+        class _Guard:
+            def __enter__(self) -> None:
+                engine._live()
+                if engine._vocab_only:
+                    raise EngineError("this model was loaded for its vocabulary only: load it fully to generate")
+                if not engine._lock.acquire(blocking=False):
+                    raise EngineBusyError("the model is already answering: wait for the reply or stop it first")
+
+            def __exit__(self, *exc: object) -> None:
+                engine._lock.release()
+
+        return _Guard()
+
+    def _generate(self, tokens: Sequence[int], settings: SamplingSettings, sink: Callable[[str], None],
+                  cancel: threading.Event | None, t0: float) -> _Run:
+        """The token loop.  Kept lean: it is the decode hot path measured by benchmarks/bench_engine.py."""
+        import llama_cpp
+
+        llama = self._llama
+        run = _Run(t0=t0, prompt_evaluated=len(tokens) - self._cached_prefix(tokens))
+        seed = settings.seed if settings.seed is not None else self._seed
+        llama.set_seed(seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+        temp = 0.0 if settings.greedy else settings.temperature
+        budget = min(settings.max_tokens, self.n_ctx - len(tokens))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab, is_eog, detok = self._vocab, self._is_eog, self._piece
+        gen = llama.generate(tokens, top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p,
+                             typical_p=1.0, temp=temp, repeat_penalty=settings.repeat_penalty, reset=True)
+        try:
+            for tok in gen:
+                run.t_last = time.perf_counter()
+                if run.t_first is None:
+                    run.t_first = run.t_last
+                run.yielded += 1
+                if is_eog(vocab, tok):
+                    run.finish = "stop"
+                    break
+                run.tokens.append(tok)
+                piece = decoder.decode(detok(tok))
+                if piece:
+                    run.parts.append(piece)
+                    sink(piece)
+                if cancel is not None and cancel.is_set():
+                    run.finish = "cancelled"
+                    break
+                if len(run.tokens) >= budget:
+                    run.finish = "length"
+                    break
+        finally:
+            gen.close()
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            run.parts.append(tail)
+            sink(tail)
+        return run
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one token (control tokens such as end-of-sequence give b"").  llama-cpp-python's own
+        ``token_to_piece`` returns a fixed 32-byte buffer, NULs included, so this calls llama.cpp directly."""
+        import llama_cpp
+
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:                                  # the buffer is too small: -n is the size needed
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, -n, 0, False)
+        return self._piece_buf.raw[:n]
+
+    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+        """How many leading prompt tokens llama-cpp-python will take from its KV cache (it keeps at least one
+        token to evaluate); mirrors the prefix match in ``Llama.generate``."""
+        cached = self._llama.input_ids[: self._llama.n_tokens]
+        n = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, max(len(tokens) - 1, 0))
 
     # ---- lifetime ---------------------------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        raise NotImplementedError
+        return self._llama is None
 
     def close(self) -> None:
-        """Free the model and its context.  Idempotent."""
-        raise NotImplementedError
+        """Free the model and its context.  Idempotent; refused while a reply is being generated."""
+        if self._llama is None:
+            return
+        if not self._lock.acquire(blocking=False):
+            raise EngineBusyError("the model is answering: stop the reply before closing the model")
+        try:
+            llama, self._llama = self._llama, None
+            llama.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        try:
+            if getattr(self, "_llama", None) is not None and not self._lock.locked():
+                self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one generation."""
+
+    t0: float
+    prompt_evaluated: int
+    t_first: float | None = None
+    t_last: float = 0.0
+    yielded: int = 0
+    finish: FinishReason = "length"
+    tokens: list[int] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def stats(self, prompt_tokens: int, reasoning_tokens: int, reasoning_s: float) -> ReplyStats:
+        now = time.perf_counter()
+        ttft = (self.t_first - self.t0) if self.t_first is not None else 0.0
+        prompt_s = ttft
+        decode_s = (self.t_last - self.t_first) if self.t_first is not None else 0.0
+        return ReplyStats(
+            time_to_first_token_s=ttft, prompt_tokens=prompt_tokens, prompt_tokens_evaluated=self.prompt_evaluated,
+            prompt_tokens_per_s=self.prompt_evaluated / prompt_s if prompt_s > 0 else 0.0,
+            generated_tokens=len(self.tokens),
+            decode_tokens_per_s=(self.yielded - 1) / decode_s if decode_s > 0 and self.yielded > 1 else 0.0,
+            total_s=now - self.t0, reasoning_tokens=reasoning_tokens, reasoning_s=reasoning_s)
