@@ -1,0 +1,202 @@
+"""``convert``: a Hugging Face checkpoint to a GGUF of any recipe, in one streaming pass.
+
+Every check that can fail runs before the first byte is written: the checkpoint's headers, config and tensor
+shapes, the tokenizer, the recipe, the imatrix, the output path and the free disk.  Then header, metadata and
+tensor infos are written (all types and sizes are known from the plan), then each tensor is read from the memory
+map, permuted if needed, quantized by :mod:`kernels` and appended: peak memory is about two float32 copies of
+the largest tensor.
+
+Values fed to the quantizer are what llama.cpp's pipeline (``convert_hf_to_gguf.py``, default ``auto`` outtype,
+then ``llama-quantize``) would feed it: F16 and BF16 weights exactly, F32 weights rounded through F16 for the
+quantized types (the auto outtype of an F32 checkpoint is F16); float recipes take the weights directly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFValueType as V
+
+from . import arch as archmod
+from .checkpoint import Checkpoint, model_name, resolve_source, to_float32
+from .errors import (
+    ConversionCancelled,
+    NonFiniteWeightsError,
+    NotEnoughDiskError,
+    OutputIsInputError,
+    OutputNotWritableError,
+)
+from .recipes import QUANTIZATION_VERSION, TensorInfo, plan
+from .tokenizer import export_vocab
+from .writer import StreamingGGUFWriter
+
+log = logging.getLogger(__name__)
+
+_FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
+_HEADER_MARGIN = 64 * 1024 * 1024  # room for the header (vocab, merges, template) on top of the tensor data
+
+
+@dataclass(frozen=True)
+class ConvertProgress:
+    """Passed to ``progress`` after each tensor is written."""
+    tensor: str  # GGUF name of the tensor just written
+    index: int  # 1-based
+    count: int
+    bytes_done: int  # source bytes read so far
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    path: Path
+    n_bytes: int  # size of the GGUF file
+    bits_per_weight: float  # tensor data bits / number of weights (as llama.cpp reports it)
+    seconds: float
+    tensor_types: dict[str, str]  # GGUF tensor name -> GGML type name
+
+
+def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: str, *, threads: int | None = None,
+            imatrix: str | os.PathLike[str] | None = None, progress: Callable[[ConvertProgress], None] | None = None,
+            cancel: threading.Event | None = None, pre_tokenizer: str | None = None) -> ConvertResult:
+    """Convert checkpoint ``src`` (folder or cached Hub repo id) to the GGUF ``out`` with ``recipe``.
+
+    Raises a :class:`~quantizer.errors.QuantizerError` subclass for bad input (before writing anything) and
+    :class:`~quantizer.errors.ConversionCancelled` when ``cancel`` is set; neither leaves a file at ``out``
+    nor a temporary file beside it.
+    """
+    t0 = time.perf_counter()
+    folder = resolve_source(src)
+    out = Path(out).expanduser().absolute()
+    with Checkpoint(folder) as ckpt:
+        arch = archmod.get_arch(ckpt.config)
+        cfg = archmod.resolve_config(arch, ckpt.config)
+        tensors = archmod.plan_tensors(arch, cfg, {n: e.shape for n, e in ckpt.tensors.items()})
+        vocab_kv = export_vocab(folder, cfg, arch, pre_tokenizer=pre_tokenizer)
+        im = _load_imatrix(imatrix)
+        p = plan(recipe, [TensorInfo(t.name, t.shape) for t in tensors], archmod.model_params(arch, cfg),
+                 has_imatrix=im is not None)
+        _check_output(out, ckpt, p.n_bytes)
+        from kernels import row_bytes
+
+        sizes = {t.name: _nbytes(row_bytes, t.shape, p.types[t.name]) for t in tensors}
+        w = StreamingGGUFWriter(out, arch.name)
+        with w:
+            _add_metadata(w, arch, cfg, p, tensors, vocab_kv, model_name(src), im, imatrix)
+            for t in tensors:
+                w.add_tensor_info(t.name, t.shape, p.types[t.name], sizes[t.name])
+            w.begin()
+            _stream(w, ckpt, arch, cfg, tensors, p.types, im, threads, progress, cancel)
+            w.commit()
+    n_weights = sum(int(np.prod(t.shape)) for t in tensors)
+    data = sum(sizes.values())
+    return ConvertResult(path=out, n_bytes=out.stat().st_size, bits_per_weight=data * 8 / max(n_weights, 1),
+                         seconds=time.perf_counter() - t0, tensor_types={n: q.name for n, q in p.types.items()})
+
+
+def _nbytes(row_bytes: Callable[[QT, int], int], shape: tuple[int, ...], qtype: QT) -> int:
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    return rows * row_bytes(qtype, shape[-1])
+
+
+def _load_imatrix(path: str | os.PathLike[str] | None):  # -> Imatrix | None
+    if path is None:
+        return None
+    from .imatrix import load_imatrix
+
+    return load_imatrix(path)
+
+
+# ---- output checks ----------------------------------------------------------------------------------------------
+def _check_output(out: Path, ckpt: Checkpoint, data_bytes: int) -> None:
+    for f in ckpt.input_files():
+        if out == f.absolute() or (out.exists() and out.resolve() == f.resolve()):
+            raise OutputIsInputError(f"the output {out} is one of the checkpoint's own files; choose another "
+                                     f"output path (e.g. in another folder)")
+    if out.is_dir():
+        raise OutputNotWritableError(f"the output {out} is a folder; give a file name ending in .gguf")
+    parent = out.parent
+    if not parent.is_dir():
+        raise OutputNotWritableError(f"the output folder {parent} does not exist; create it or choose another")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(f"the output folder {parent} is not writable; choose a folder you can "
+                                     f"write to")
+    need = data_bytes + _HEADER_MARGIN
+    free = shutil.disk_usage(parent).free + (out.stat().st_size if out.is_file() else 0)
+    if free < need:
+        raise NotEnoughDiskError(f"the GGUF needs about {need / 2**30:.2f} GiB but {parent} has only "
+                                 f"{free / 2**30:.2f} GiB free; free some space or choose another output folder")
+
+
+# ---- metadata -----------------------------------------------------------------------------------------------
+def _add_metadata(w: StreamingGGUFWriter, arch: archmod.Arch, cfg: dict, p, tensors, vocab_kv, name: str,
+                  im, imatrix_path) -> None:
+    from gguf import size_label
+
+    n_params = sum(int(np.prod(t.shape)) for t in tensors)
+    w.add_kv("general.type", "model", V.STRING)
+    w.add_kv("general.name", name, V.STRING)
+    w.add_kv("general.size_label", size_label(n_params, n_params, 0, 0), V.STRING)
+    for key, value, vtype in archmod.hparams_kv(arch, cfg, p.file_type):
+        w.add_kv(key, value, vtype)
+    w.add_kv("general.quantization_version", QUANTIZATION_VERSION, V.UINT32)
+    for key, value, vtype in vocab_kv:
+        w.add_kv(key, value, vtype)
+    if im is not None:  # what llama-quantize records about the importance matrix
+        w.add_kv("quantize.imatrix.file", str(imatrix_path), V.STRING)
+        if im.datasets:
+            w.add_kv("quantize.imatrix.dataset", im.datasets[0], V.STRING)
+        w.add_kv("quantize.imatrix.entries_count", len(im), V.INT32)
+        w.add_kv("quantize.imatrix.chunks_count", im.chunk_count, V.INT32)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+def _source_f32(ckpt: Checkpoint, arch: archmod.Arch, cfg: dict, t: archmod.PlannedTensor, qtype: QT) -> np.ndarray:
+    """The tensor as float32, permuted, with the value rounding llama.cpp's pipeline applies (module doc)."""
+    if t.hf_name is None:
+        freqs = archmod.rope_freqs(arch, cfg)
+        assert freqs is not None
+        return freqs
+    entry = ckpt.tensors[t.hf_name]
+    raw = ckpt.raw(t.hf_name)
+    if t.permute_heads:
+        raw = archmod.permute_qk(raw, t.permute_heads)
+    x = to_float32(raw, entry.dtype)
+    if entry.dtype == "F32" and qtype not in _FLOAT_TYPES:
+        x = x.astype(np.float16).astype(np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise NonFiniteWeightsError(
+            f"tensor {t.hf_name} ({t.name}) holds {bad} NaN/Inf value(s); the checkpoint is damaged or was "
+            f"saved after a diverged training step: download it again or use another checkpoint")
+    return x
+
+
+def _stream(w: StreamingGGUFWriter, ckpt: Checkpoint, arch: archmod.Arch, cfg: dict, tensors, types, im,
+            threads: int | None, progress, cancel: threading.Event | None) -> None:
+    import kernels
+
+    from .imatrix import imatrix_for
+
+    total = sum(ckpt.tensors[t.hf_name].nbytes if t.hf_name else 4 * int(np.prod(t.shape)) for t in tensors)
+    done = 0
+    for i, t in enumerate(tensors, 1):
+        if cancel is not None and cancel.is_set():
+            raise ConversionCancelled("the conversion was cancelled; nothing was written")
+        qtype = types[t.name]
+        x = _source_f32(ckpt, arch, cfg, t, qtype)
+        x2 = x.reshape(-1, t.shape[-1])
+        weights = imatrix_for(im, t.name, t.shape) if im is not None and qtype not in _FLOAT_TYPES else None
+        data = kernels.quantize(x2, qtype, imatrix=weights, threads=threads)
+        del x, x2
+        w.write_tensor(t.name, data)
+        done += ckpt.tensors[t.hf_name].nbytes if t.hf_name else 4 * int(np.prod(t.shape))
+        if progress is not None:
+            progress(ConvertProgress(t.name, i, len(tensors), done, total))

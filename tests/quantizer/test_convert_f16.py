@@ -1,0 +1,77 @@
+"""Our F16 GGUF of SmolLM2-135M-Instruct equals what llama.cpp's own converter made of the same checkpoint.
+
+Oracle: tests/data/smollm2-135m-instruct/llamacpp-f16-reference.json (convert_hf_to_gguf.py --outtype f16 of
+llama-cpp-python 0.3.36): every metadata key and value, every tensor's name, type, shape and sha256 of its data.
+Arrays are recorded as their length and sha256 of ``json.dumps(list, ensure_ascii=False)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import gguf
+import pytest
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "smollm2-135m-instruct"
+IGNORED = {"general.name", "general.size_label"}  # derived from the folder name llama.cpp was run on
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return json.loads((DATA / "llamacpp-f16-reference.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def ours(smollm2_gguf) -> gguf.GGUFReader:
+    return gguf.GGUFReader(smollm2_gguf("F16"))
+
+
+def _fields(reader: gguf.GGUFReader) -> dict:
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def test_metadata_keys_equal_llamacpp_in_order(ours, reference):
+    assert list(_fields(ours)) == list(reference["metadata"])
+
+
+@pytest.mark.parametrize("key", [k for k in json.loads((DATA / "llamacpp-f16-reference.json").read_text(
+    encoding="utf-8"))["metadata"] if k not in IGNORED])
+def test_metadata_value_equals_llamacpp(ours, reference, key):
+    want = reference["metadata"][key]
+    got = _fields(ours)[key]
+    if isinstance(want, dict) and "sha256" in want:
+        assert len(got) == want["array_len"]
+        assert got[:len(want["head"])] == want["head"]
+        assert hashlib.sha256(json.dumps(got, ensure_ascii=False).encode()).hexdigest() == want["sha256"]
+    else:
+        assert got == want
+
+
+def test_every_tensor_equals_llamacpp(ours, reference):
+    got = [(t.name, t.tensor_type.name, [int(s) for s in t.shape], hashlib.sha256(t.data.tobytes()).hexdigest())
+           for t in ours.tensors]
+    want = [(t["name"], t["type"], t["shape"], t["sha256"]) for t in reference["tensors"]]
+    assert len(got) == len(want) == 272
+    mismatched = [g[0] for g, w in zip(got, want, strict=True) if g != w]
+    assert mismatched == []
+
+
+def test_f16_completes_paris_in_llama_cpp(smollm2_gguf):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(smollm2_gguf("F16")), n_ctx=128, n_threads=2, verbose=False, seed=0)
+    text = llm("The capital of France is", max_tokens=6, temperature=0.0, top_k=1)["choices"][0]["text"]
+    assert "Paris" in text
+
+
+def test_convert_result_reports_the_file(smollm2_checkpoint, tmp_path):
+    import quantizer
+
+    seen = []
+    res = quantizer.convert(smollm2_checkpoint, tmp_path / "m.gguf", "F16", progress=seen.append)
+    assert res.path == tmp_path / "m.gguf" and res.n_bytes == res.path.stat().st_size
+    assert 16.0 <= res.bits_per_weight < 16.1  # F16 matrices plus a few F32 norms
+    assert res.tensor_types["token_embd.weight"] == "F16" and res.tensor_types["output_norm.weight"] == "F32"
+    assert [p.index for p in seen] == list(range(1, 273)) and seen[-1].bytes_done == seen[-1].bytes_total
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no temporary file left
