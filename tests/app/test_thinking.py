@@ -14,7 +14,7 @@ import pytest
 from app.core.thinking import ThinkingParser, prompt_opens_thinking, split_reasoning
 
 TRANSCRIPTS = Path(__file__).resolve().parent.parent / "data" / "transcripts"
-R1_VOCAB = Path(__file__).resolve().parent.parent / "data" / "deepseek-r1-distill-qwen" / "ggml-vocab-deepseek-r1-qwen.gguf"
+R1_VOCAB = TRANSCRIPTS.parent / "deepseek-r1-distill-qwen" / "ggml-vocab-deepseek-r1-qwen.gguf"
 # (file, the prompt ended with "<think>\n")
 CASES = [("r1_arithmetic.txt", False), ("r1_forced_open.txt", True), ("r1_skipped.txt", False),
          ("r1_unterminated.txt", False), ("r1_tag_in_answer.txt", False)]
