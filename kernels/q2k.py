@@ -9,7 +9,7 @@ Block layout (84 bytes), as ggml's ``block_q2_K``::
 Without an imatrix ggml uses ``quantize_row_q2_K_ref`` (``make_qkx2_quants`` with |x| weights, mean absolute
 error, scales quantized against the largest one); with one, ``quantize_row_q2_K_impl`` (``make_qkx3_quants``
 weighted by ``imatrix * sqrt(sigma2 + x^2)``, which with weights given is ``make_qkx2_quants`` line for line,
-and ``make_qp_quants`` for the scales and mins).
+and ``make_qp_quants`` for the scales and mins).  Both searches run on groups transposed to ``(16, n_groups)``.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from .base import Kernel
-from .kquant_search import make_qkx2_quants, make_qkx3_quants
-from .q23_search import make_qp_quants, nearest_int, seq_sum
+from .kquant_search import qkx_search_t
+from .q23_search import clip_nearest, make_qp_quants_t, nearest_int, seq_sum
 
 QK_K = 256
 _F0 = np.float32(0.0)
@@ -37,17 +37,19 @@ def unpack_2bit(qs: np.ndarray) -> np.ndarray:
     return (q & np.uint8(3)).reshape(-1, QK_K)
 
 
-def _encode(xb: np.ndarray, L: np.ndarray, sc: np.ndarray, d16: np.ndarray, m16: np.ndarray) -> np.ndarray:
-    """Common tail: re-quantize each group with the fp16-rounded scale and min (``if (!d) continue``), pack."""
-    nb = xb.shape[0]
-    d = d16.astype(np.float32)[:, None] * (sc & 0xF).astype(np.float32)       # (nb, 16)
-    dm = m16.astype(np.float32)[:, None] * (sc >> 4).astype(np.float32)
-    x3 = xb.reshape(nb, 16, 16)
-    lq = np.clip(nearest_int((x3 + dm[:, :, None]) / d[:, :, None]), 0, 3)
-    L = np.where((d != _F0)[:, :, None], lq, L.reshape(nb, 16, 16)).reshape(nb, QK_K)
+def _encode(xt: np.ndarray, lt: np.ndarray, sc: np.ndarray, d16: np.ndarray, m16: np.ndarray) -> np.ndarray:
+    """Common tail on transposed groups ``xt``/``lt`` ``(16, n_groups)``: re-quantize each group with the
+    fp16-rounded scale and min (``if (!d) continue``), then pack ``(nb, 84)`` blocks."""
+    nb = sc.shape[0]
+    d = (d16.astype(np.float32)[:, None] * (sc & 0xF).astype(np.float32)).reshape(-1)   # per group
+    dm = (m16.astype(np.float32)[:, None] * (sc >> 4).astype(np.float32)).reshape(-1)
+    v = xt + dm
+    v /= d
+    lq = clip_nearest(v, 0, 3)
+    np.copyto(lq, lt, where=d == _F0)
     out = np.empty((nb, 84), np.uint8)
     out[:, :16] = sc
-    out[:, 16:80] = pack_2bit(L)
+    out[:, 16:80] = pack_2bit(np.ascontiguousarray(lq.astype(np.uint8).T).reshape(nb, QK_K))
     out[:, 80:82] = d16.reshape(nb, 1).view(np.uint8)
     out[:, 82:84] = m16.reshape(nb, 1).view(np.uint8)
     return out
@@ -55,37 +57,43 @@ def _encode(xb: np.ndarray, L: np.ndarray, sc: np.ndarray, d16: np.ndarray, m16:
 
 def _quantize_ref(xb: np.ndarray) -> np.ndarray:
     nb = xb.shape[0]
-    xs = xb.reshape(-1, 16)
-    scales, mins, L = make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
-    scales = np.asarray(scales, np.float32).reshape(nb, 16)
-    mins = np.asarray(mins, np.float32).reshape(nb, 16)
+    xt = np.ascontiguousarray(xb.reshape(-1, 16).T)           # (16, groups): element i of every group in a row
+    scales, mins, lt = qkx_search_t(xt, np.abs(xt), 3, -0.5, 0.1, 15, True)
+    scales = scales.reshape(nb, 16)
+    mins = mins.reshape(nb, 16)
     max_scale = np.maximum(scales.max(axis=1), _F0)    # 'if (scale > max_scale)' from 0: only used when > 0
     max_min = np.maximum(mins.max(axis=1), _F0)
-    sc = np.zeros((nb, 16), np.int32)
     ls = nearest_int((_Q4SCALE / max_scale)[:, None] * scales)
     lm = nearest_int((_Q4SCALE / max_min)[:, None] * mins)
-    d32 = max_scale / _Q4SCALE
-    m32 = max_min / _Q4SCALE
     has_s, has_m = max_scale > _F0, max_min > _F0
     sc = np.where(has_s[:, None], ls & 0xFF, 0)
     sc = np.where(has_m[:, None], (sc | (lm << 4)) & 0xFF, sc)
-    d16 = np.where(has_s, d32, _F0).astype(np.float16)
-    m16 = np.where(has_m, m32, _F0).astype(np.float16)
-    return _encode(xb, np.asarray(L).reshape(nb, QK_K), sc.astype(np.uint8), d16, m16)
+    d16 = np.where(has_s, max_scale / _Q4SCALE, _F0).astype(np.float16)
+    m16 = np.where(has_m, max_min / _Q4SCALE, _F0).astype(np.float16)
+    return _encode(xt, lt, sc.astype(np.uint8), d16, m16)
 
 
-def _quantize_impl(xb: np.ndarray, qw: np.ndarray) -> np.ndarray:
+def _quantize_impl(xb: np.ndarray, qwt: np.ndarray) -> np.ndarray:
+    """``qwt``: the imatrix laid out like ``xt`` (16, groups)."""
     nb = xb.shape[0]
-    xt = np.ascontiguousarray(xb.T)
-    sigma2 = seq_sum(xt * xt) / np.float32(QK_K)
-    weight = qw * np.sqrt(sigma2[:, None] + xb * xb)                          # (nb, 256)
-    sw = seq_sum(np.ascontiguousarray(weight.reshape(nb, 16, 16).transpose(2, 0, 1)))   # (nb, 16)
-    scales, mins, L = make_qkx3_quants(xb.reshape(-1, 16), weight.reshape(-1, 16), 3, -0.9, 0.05, 36, False)
-    dm, Ls = make_qp_quants(np.asarray(scales, np.float32).reshape(nb, 16), 15, sw)
-    mm, Lm = make_qp_quants(np.asarray(mins, np.float32).reshape(nb, 16), 15, sw)
-    sc = (Ls.astype(np.int32) | (Lm.astype(np.int32) << 4)) & 0xFF
-    return _encode(xb, np.asarray(L).reshape(nb, QK_K), sc.astype(np.uint8), dm.astype(np.float16),
-                   mm.astype(np.float16))
+    x256 = np.ascontiguousarray(xb.T)
+    sigma2 = seq_sum(x256 * x256) / np.float32(QK_K)                         # per super-block
+    xt = np.ascontiguousarray(xb.reshape(-1, 16).T)
+    wt = np.sqrt(np.repeat(sigma2, 16) + xt * xt)
+    wt *= qwt                                                                 # qw[l] * sqrtf(sigma2 + x*x)
+    sw = seq_sum(wt).reshape(nb, 16)                                          # ggml's sw[j] += weight[l]
+    scales, mins, lt = qkx_search_t(xt, wt, 3, -0.9, 0.05, 36, False)        # = make_qkx3_quants with weights
+    swt = np.ascontiguousarray(sw.T)
+    dm, ls = make_qp_quants_t(np.ascontiguousarray(scales.reshape(nb, 16).T), 15, swt)
+    mm, lm = make_qp_quants_t(np.ascontiguousarray(mins.reshape(nb, 16).T), 15, swt)
+    sc = (ls.T.astype(np.int32) | (lm.T.astype(np.int32) << 4)) & 0xFF
+    return _encode(xt, lt, sc.astype(np.uint8), dm.astype(np.float16), mm.astype(np.float16))
+
+
+def imatrix_t(imatrix: np.ndarray, rows: int) -> np.ndarray:
+    """The per-column imatrix laid out like a transposed row block ``(16, rows * n/16)``: group g of row r is
+    ``imatrix[16*g : 16*g + 16]`` (ggml indexes ``quant_weights + QK_K*i + 16*j`` within each row)."""
+    return np.tile(np.ascontiguousarray(imatrix.reshape(-1, 16).T), (1, rows))
 
 
 class Q2_K(Kernel, qtype=QT.Q2_K, block_size=QK_K, type_size=84):
@@ -93,14 +101,13 @@ class Q2_K(Kernel, qtype=QT.Q2_K, block_size=QK_K, type_size=84):
 
     @classmethod
     def _quantize_rows(cls, x, imatrix):
-        rows, n = x.shape
+        rows = x.shape[0]
         xb = x.reshape(-1, QK_K)
         with np.errstate(all="ignore"):            # ggml's inf/nan edge cases are reproduced, not reported
             if imatrix is None:
                 out = _quantize_ref(xb)
             else:
-                qw = np.broadcast_to(imatrix.reshape(1, n // QK_K, QK_K), (rows, n // QK_K, QK_K)).reshape(-1, QK_K)
-                out = _quantize_impl(xb, qw)
+                out = _quantize_impl(xb, imatrix_t(imatrix, rows))
         return out.reshape(rows, -1)
 
     @classmethod

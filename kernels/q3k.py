@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType as QT
 
 from .base import Kernel
 from .q2k import pack_2bit, unpack_2bit
-from .q23_search import make_q3_quants, nearest_int, seq_sum
+from .q23_search import clip_nearest, make_q3_quants_t, nearest_int, seq_sum
 from .qx_search import make_qx_quants
 
 QK_K = 256
@@ -43,18 +43,22 @@ def _unpack_scales(sb: np.ndarray) -> np.ndarray:
     return ((lo | (hi << 4)) - 32).astype(np.int8)
 
 
-def _encode(xb: np.ndarray, L: np.ndarray, scale_bytes: np.ndarray, d16: np.ndarray) -> np.ndarray:
-    """Common tail of ggml's two encoders: re-quantize each group with the fp16-rounded scale, then pack."""
-    nb = xb.shape[0]
-    sc = _unpack_scales(scale_bytes)
-    d = d16.astype(np.float32)[:, None] * sc.astype(np.float32)           # (nb, 16)
-    x3 = xb.reshape(nb, 16, 16)
-    lq = np.clip(nearest_int(x3 / d[:, :, None]), -4, 3) + 4
-    L = np.where((d != _F0)[:, :, None], lq, L.reshape(nb, 16, 16).astype(np.int32)).reshape(nb, QK_K)
-    high = L > 3
-    hmask = np.zeros((nb, 32), np.uint8)
-    for k, bits in enumerate(high.reshape(nb, 8, 32).transpose(1, 0, 2)):
-        hmask |= bits.astype(np.uint8) << k
+def _requant(x: np.ndarray, L: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``if (!d) continue; L = MAX(-4, MIN(3, nearest_int(x/d))) + 4`` with the fp16-rounded group scale.
+
+    Any layout: ``x`` and ``L`` share a shape, ``d`` broadcasts against it (one value per group)."""
+    lq = clip_nearest(x / d, -4, 3, offset=4)
+    np.copyto(lq, L, where=d == _F0)
+    return lq.astype(np.uint8)
+
+
+def _pack(L: np.ndarray, scale_bytes: np.ndarray, d16: np.ndarray) -> np.ndarray:
+    """Levels 0..7 ``(nb, 256)`` -> ggml blocks: high bit to hmask, low 2 bits to qs."""
+    nb = L.shape[0]
+    hb = (L >> 2).reshape(nb, 8, 32)
+    hmask = hb[:, 0].copy()
+    for k in range(1, 8):
+        hmask |= hb[:, k] << k
     out = np.empty((nb, 110), np.uint8)
     out[:, :32] = hmask
     out[:, 32:96] = pack_2bit(L & 3)
@@ -63,9 +67,15 @@ def _encode(xb: np.ndarray, L: np.ndarray, scale_bytes: np.ndarray, d16: np.ndar
     return out
 
 
+def _group_d(d16: np.ndarray, scale_bytes: np.ndarray) -> np.ndarray:
+    """ggml's ``d = GGML_FP16_TO_FP32(y[i].d) * sc`` for every group: ``(nb, 16)`` float32."""
+    return d16.astype(np.float32)[:, None] * _unpack_scales(scale_bytes).astype(np.float32)
+
+
 def _quantize_ref(xb: np.ndarray) -> np.ndarray:
     nb = xb.shape[0]
-    scales, L = make_q3_quants(xb.reshape(-1, 16), 4, True)
+    xt = np.ascontiguousarray(xb.reshape(-1, 16).T)           # (16, groups): element i of every group in a row
+    scales, lt = make_q3_quants_t(xt, 4, True)
     scales = scales.reshape(nb, 16)
     a = np.abs(scales)
     idx = a.argmax(axis=1)                      # first group with the largest |scale| (ggml's strict '>')
@@ -74,12 +84,12 @@ def _quantize_ref(xb: np.ndarray) -> np.ndarray:
     nz = max_scale != _F0
     iscale = np.float32(-32.0) / max_scale
     l = nearest_int(iscale[:, None] * scales)
-    d32 = np.float32(1.0) / iscale
     l = ((l + 128) & 0xFF) - 128                # int8_t l = nearest_int(...)
     ls = np.clip(l, -32, 31) + 32
     scale_bytes = np.where(nz[:, None], _pack_scales(ls), np.uint8(0))
-    d16 = np.where(nz, d32, _F0).astype(np.float16)
-    return _encode(xb, L, scale_bytes, d16)
+    d16 = np.where(nz, np.float32(1.0) / iscale, _F0).astype(np.float16)
+    lt = _requant(xt, lt, _group_d(d16, scale_bytes).reshape(-1))
+    return _pack(np.ascontiguousarray(lt.T).reshape(nb, QK_K), scale_bytes, d16)
 
 
 def _quantize_impl(xb: np.ndarray, qw: np.ndarray) -> np.ndarray:
@@ -93,7 +103,8 @@ def _quantize_impl(xb: np.ndarray, qw: np.ndarray) -> np.ndarray:
     d_block, ls = make_qx_quants(np.asarray(scales, np.float32).reshape(nb, 16), 32, 1, sw)
     scale_bytes = _pack_scales(ls.astype(np.int32))
     d16 = np.asarray(d_block, np.float32).astype(np.float16)
-    return _encode(xb, np.asarray(L).reshape(nb, QK_K), scale_bytes, d16)
+    L = _requant(xb.reshape(-1, 16), L.view(np.uint8), _group_d(d16, scale_bytes).reshape(-1, 1))
+    return _pack(L.reshape(nb, QK_K), scale_bytes, d16)
 
 
 class Q3_K(Kernel, qtype=QT.Q3_K, block_size=QK_K, type_size=110):
