@@ -11,7 +11,10 @@ import numpy as np
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
-_CHUNK_ELEMS = 1 << 15  # elements of x per chunk (x, w and three temporaries stay in a 1 MB L2)
+# np.clip's Python wrapper costs ~1.5 us a call; its ufunc is public in numpy >= 2 only under _core.
+_clip = getattr(getattr(np, "_core", None), "umath", np).clip
+_CHUNK_ELEMS = 1 << 15  # elements of x per chunk: x, w*x, w and the temporaries stay in a 1 MB L2
+_SUPER_ELEMS = 1 << 18  # elements of x per block of groups whose trials are chosen together
 
 
 def _chunks(nb: int, n: int) -> tuple[range, int]:
@@ -72,6 +75,10 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int,
 
     ``x`` float32 ``(n_groups, n)``, ``qw`` float32 ``(n_groups, n)`` or ``None``.  Returns ``(scale, L)``:
     float32 ``(n_groups,)`` and int8 ``(n_groups, n)`` holding ``L = l + nmax`` exactly as ggml writes it.
+
+    How: all 19 trial scales of a group are evaluated at once (one ``(19, n, m)`` array per ufunc call over a
+    cache-sized chunk of ``m`` groups), keeping only the two sums per trial; ggml's sequential choice among
+    the trials then runs over many groups at a time, and L is recomputed once from the chosen scale.
     """
     x = np.ascontiguousarray(x, dtype=F32)
     nb, n = x.shape
@@ -79,75 +86,111 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int,
         qw = np.ascontiguousarray(qw, dtype=F32).reshape(nb, n)
     scale = np.empty(nb, F32)
     L = np.empty((nb, n), np.int8)
-    starts, step = _chunks(nb, n)
-    for c0 in starts:
-        c1 = min(nb, c0 + step)
-        xt = np.ascontiguousarray(x[c0:c1].T)
-        qwt = None if qw is None else np.ascontiguousarray(qw[c0:c1].T)
-        s, lt = _qx_chunk(xt, nmax, rmse_type, qwt)
-        scale[c0:c1] = s
-        L[c0:c1] = lt.T
+    step = max(1, _SUPER_ELEMS // n)
+    for g0 in range(0, nb, step):
+        g1 = min(nb, g0 + step)
+        scale[g0:g1], L[g0:g1] = _qx_super(x[g0:g1], nmax, rmse_type, None if qw is None else qw[g0:g1])
     return scale, L
 
 
-def _qx_chunk(xt, nmax, rmse_type, qwt):
-    # One transposed chunk (n, m).  Long because it mirrors ggml's function step by step.
-    n, m = xt.shape
+def _trial_iscales(mx: np.ndarray, nmax: int, rmse_type: int) -> np.ndarray:
+    """Row 0: ``-nmax/max``; rows 1..18: ``-(nmax + 0.1f*is)/max`` for is = -9..-1, 1..9 (ggml's order)."""
+    steps = [] if rmse_type <= 0 else [i for i in range(-9, 10) if i]
+    isc = np.empty((1 + len(steps), mx.shape[0]), F32)
+    np.divide(F32(-nmax), mx, out=isc[0])
+    for k, i_s in enumerate(steps, 1):
+        np.divide(-(F32(nmax) + F32(0.1) * F32(i_s)), mx, out=isc[k])
+    return isc
+
+
+def _qx_super(xs, nmax, rmse_type, qws):
+    """One block of groups: trial sums chunk by chunk, then the choice, then L."""
+    xt = np.ascontiguousarray(xs.T)  # (n, G)
     amax, mx = signed_absmax(xt)
     zero = amax < GROUP_MAX_EPS
     mx[zero] = 1  # placeholder divisor; these groups are zeroed at the end
-    lo, hi = float(-nmax), float(nmax - 1)
-    t = np.empty_like(xt)
-    iscale = F32(-nmax) / mx
+    isc = _trial_iscales(mx, nmax, rmse_type)
     if rmse_type == 0:
-        _levels(xt, iscale, lo, hi, t)
-        return _finish(F32(1) / iscale, t, nmax, zero)
-    return_early = rmse_type < 0
-    rmse_type = abs(rmse_type)
-    w = _weights(xt, rmse_type, qwt)
+        return _finish(xs, isc[0], F32(1) / isc[0], nmax, zero)
+    w = _weights(xt, abs(rmse_type), None if qws is None else np.ascontiguousarray(qws.T))
+    sums = _trial_sums(xt, w, isc, nmax)  # (2, K, G): sumlx, suml2
+    sumlx, suml2 = sums
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale_all = sumlx / suml2
+    scale_all[0][suml2[0] == 0] = 0
+    if rmse_type < 0:  # return_early
+        inv = F32(1) / isc[0]
+        early = np.where(suml2[0] > 0, F32(0.5) * (scale_all[0] + inv), inv)
+        return _finish(xs, isc[0], early, nmax, zero)
+    idx = _choose(sumlx, suml2, scale_all)
+    cols = np.arange(xs.shape[0])
+    return _finish(xs, isc[idx, cols], scale_all[idx, cols], nmax, zero)
+
+
+def _trial_sums(xt, w, isc, nmax):
+    """Sequential ``sumlx += w*x[i]*l; suml2 += w*l*l`` (ggml's order: row by row) for every trial scale.
+
+    Chunks of ``m`` groups, one trial at a time: every ufunc runs over rows of ``m`` contiguous values (long
+    inner loops are what makes numpy fast; batching the trials into one call would shorten them).  Measured
+    choices: ``iscale`` is tiled then multiplied in place (a broadcasting multiply is ~2x slower), and one
+    temporary serves both sums (a smaller working set beats fewer calls)."""
+    n, G = xt.shape
+    K = isc.shape[0]
     wx = w * xt
-    tmp = np.empty_like(xt)
-    sumlx, suml2 = _sums(w, wx, _levels(xt, iscale, lo, hi, t), tmp)
-    scale = np.zeros(m, F32)
-    np.divide(sumlx, suml2, out=scale, where=suml2 != 0)
-    if return_early:
-        early = np.where(suml2 > 0, F32(0.5) * (scale + F32(1) / iscale), F32(1) / iscale)
-        _levels(xt, iscale, lo, hi, t)
-        return _finish(early, t, nmax, zero)
-    best = scale * sumlx
-    best_iscale = iscale
-    for i_s in range(-9, 10):
-        if i_s == 0:
-            continue
-        isc = -(F32(nmax) + F32(0.1) * F32(i_s)) / mx
-        sumlx, suml2 = _sums(w, wx, _levels(xt, isc, lo, hi, t), tmp)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        if better.any():
-            new_scale = sumlx / np.where(better, suml2, F32(1))
-            np.copyto(scale, new_scale, where=better)
-            np.copyto(best, new_scale * sumlx, where=better)
-            best_iscale = np.where(better, isc, best_iscale)
-    _levels(xt, best_iscale, lo, hi, t)
-    return _finish(scale, t, nmax, zero)
+    sums = np.empty((2, K, G), F32)
+    m = max(1, _CHUNK_ELEMS // n)
+    lo, hi = F32(-nmax), F32(nmax - 1)
+    t = np.empty((n, min(m, G)), F32)
+    p = np.empty_like(t)
+    for c0 in range(0, G, m):
+        c1 = min(G, c0 + m)
+        tc, pc = t[:, :c1 - c0], p[:, :c1 - c0]
+        xc, wc, wxc = xt[:, c0:c1], w[:, c0:c1], wx[:, c0:c1]
+        for iv, s_lx, s_l2 in zip(isc[:, c0:c1], sums[0, :, c0:c1], sums[1, :, c0:c1], strict=True):
+            np.copyto(tc, iv)
+            tc *= xc
+            np.rint(tc, out=tc)
+            _clip(tc, lo, hi, out=tc)
+            np.multiply(wxc, tc, out=pc)
+            np.add.reduce(pc, axis=0, out=s_lx, initial=F32(0))
+            np.multiply(wc, tc, out=pc)
+            pc *= tc
+            np.add.reduce(pc, axis=0, out=s_l2, initial=F32(0))
+    return sums
 
 
-def _sums(w, wx, lf, tmp):
-    """Sequential ``sumlx += w*x[i]*l; suml2 += w*l*l`` over the n rows (ggml's evaluation order)."""
-    np.multiply(wx, lf, out=tmp)
-    sumlx = np.add.reduce(tmp, axis=0, initial=F32(0))
-    np.multiply(w, lf, out=tmp)
-    tmp *= lf
-    suml2 = np.add.reduce(tmp, axis=0, initial=F32(0))
-    return sumlx, suml2
+def _choose(sumlx, suml2, scale_all):
+    """ggml's scan over the trials: take trial k if ``suml2 > 0 && sumlx*sumlx > best*suml2``.
+
+    (``suml2 > 0`` is implied: the weights are >= 0, so suml2 == 0 means every term is 0, sumlx is then +-0
+    and ``0 > best*0`` is false.)"""
+    with np.errstate(invalid="ignore"):
+        cand = scale_all * sumlx
+    sq = sumlx * sumlx
+    best = cand[0].copy()
+    idx = np.zeros(best.shape, np.intp)
+    tmp = np.empty_like(best)
+    take = np.empty(best.shape, bool)
+    for k in range(1, sumlx.shape[0]):
+        np.multiply(best, suml2[k], out=tmp)
+        np.greater(sq[k], tmp, out=take)
+        np.copyto(best, cand[k], where=take)
+        np.copyto(idx, k, where=take)
+    return idx
 
 
-def _finish(scale, lf, nmax, zero):
-    lt = (lf + F32(nmax)).astype(np.int8)
-    scale = np.asarray(scale, F32).copy()
+def _finish(xs, iscale, scale, nmax, zero):
+    """L = nmax + MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x))) in the groups' own layout."""
+    t = xs * iscale[:, None]
+    np.rint(t, out=t)
+    np.clip(t, F32(-nmax), F32(nmax - 1), out=t)
+    t += F32(nmax)
+    L = t.astype(np.int8)
+    scale = np.array(scale, F32)
     if zero.any():
         scale[zero] = 0
-        lt[:, zero] = 0
-    return scale, lt
+        L[zero] = 0
+    return scale, L
 
 
 def make_qkx3_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None, rmin: float = -0.9,
