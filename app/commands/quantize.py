@@ -1,0 +1,73 @@
+"""``distilldesk quantize SRC --type Q4_K_M [--out PATH] [--threads N] [--imatrix FILE] [--pre-tokenizer NAME]``.
+
+Converts a Hugging Face checkpoint (folder or a Hub repo id already in the local cache) to a GGUF with a progress
+bar, then prints one line: output path, size, bits per weight, seconds.  The default output is
+``<data dir>/models/<model-name>/<model-name>-<TYPE>.gguf``, never inside the user's checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from app.core.paths import models_dir
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from quantizer.recipes import RECIPES
+
+    p = subparsers.add_parser("quantize", help="convert a Hugging Face checkpoint to a GGUF",
+                              description="Convert a Hugging Face checkpoint (folder or cached Hub repo id) to a "
+                                          "llama.cpp GGUF with one of llama.cpp's quantization recipes.")
+    p.add_argument("src", metavar="SRC", help="checkpoint folder, or a Hub repo id already downloaded")
+    p.add_argument("--type", "-t", required=True, metavar="TYPE", type=str.upper,
+                   help=f"recipe: {', '.join(RECIPES)}")
+    p.add_argument("--out", "-o", type=Path, default=None,
+                   help="output GGUF (default: <data dir>/models/<name>/<name>-<TYPE>.gguf)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--imatrix", type=Path, default=None, help="importance-matrix file made by llama-imatrix")
+    p.add_argument("--pre-tokenizer", default=None, metavar="NAME",
+                   help="llama.cpp pre-tokenizer name, when the tokenizer's is not recognised (e.g. qwen2)")
+    return p
+
+
+def default_output(src: str, recipe: str) -> Path:
+    from quantizer.checkpoint import model_name
+
+    name = model_name(src)
+    folder = models_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}-{recipe.upper()}.gguf"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    import quantizer
+    from quantizer.recipes import recipe_info
+
+    recipe_info(args.type)  # an unknown recipe fails before any default folder is created
+    if args.threads is not None and args.threads < 1:
+        print("distilldesk: error: --threads must be at least 1", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else default_output(args.src, args.type)
+    with tqdm(total=0, unit="B", unit_scale=True, desc=f"quantize {args.type}", file=sys.stderr,
+              disable=None) as bar:
+
+        def progress(p: quantizer.ConvertProgress) -> None:
+            bar.total = p.bytes_total
+            bar.set_postfix_str(p.tensor, refresh=False)
+            bar.update(p.bytes_done - bar.n)
+
+        res = quantizer.convert(args.src, out, args.type, threads=args.threads, imatrix=args.imatrix,
+                                progress=progress, pre_tokenizer=args.pre_tokenizer)
+    print(f"{res.path}  {_size(res.n_bytes)}  {res.bits_per_weight:.2f} bpw  {res.seconds:.1f} s")
+    return 0
