@@ -18,38 +18,27 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from .base import Kernel
-from .qx_search import GROUP_MAX_EPS, make_qx_quants, signed_absmax
+from .qx_search import GROUP_MAX_EPS, make_qx_quants, nearest_int, signed_absmax
 
 F32 = np.float32
 QK_K = 256
 
 
-def _nearest_int(t: np.ndarray) -> np.ndarray:
-    """ggml's ``nearest_int`` bit trick itself (not rint), so even out-of-range or NaN quotients (an fp16 ``d``
-    that overflowed) give ggml's integers."""
-    t += F32(12582912)
-    iv = t.view(np.int32)
-    iv &= 0x007FFFFF
-    iv -= 0x00400000
-    return iv
-
-
 def _requantize(xg: np.ndarray, L: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """From group scales (nb, 16): d (fp16), int8 scales, and L redone with the rounded scales."""
     nb = scales.shape[0]
-    amax, max_scale = signed_absmax(np.ascontiguousarray(scales.T))
+    # fabsf(NaN) > max_abs is false in ggml: a NaN scale (from overflowed sums at |x| > ~1e12) never wins.
+    amax, max_scale = signed_absmax(np.ascontiguousarray(np.where(np.isnan(scales), F32(0), scales).T))
     zero = amax < GROUP_MAX_EPS
     max_scale[zero] = 1  # placeholder; zero super-blocks are written as all-zero bytes
     iscale = F32(-128) / max_scale
     d16 = (F32(1) / iscale).astype(np.float16)
-    sc = np.rint(scales * iscale[:, None])
-    np.minimum(sc, F32(127), out=sc)
-    sc = sc.astype(np.int8)
+    sc = np.minimum(nearest_int(scales * iscale[:, None]), 127).astype(np.int8)
     dg = d16.astype(F32)[:, None] * sc.astype(F32)  # (nb, 16): d * scales[j]
     live = dg != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         t = xg.reshape(nb, 16, 16) / dg[:, :, None]
-    t = _nearest_int(t)
+    t = nearest_int(t)
     np.clip(t, -32, 31, out=t)
     t += 32
     L = L.reshape(nb, 16, 16)

@@ -62,6 +62,16 @@ def _weights(xt: np.ndarray, rmse_type: int, qwt: np.ndarray | None) -> np.ndarr
     return np.sqrt(np.abs(xt))
 
 
+def nearest_int(t: np.ndarray) -> np.ndarray:
+    """ggml's ``nearest_int`` bit trick itself (``t`` is overwritten; returns int32): equal to ``np.rint`` for
+    |t| <= 4194303, and ggml's exact (meaningless but deterministic) integers beyond, for inf and for NaN."""
+    t += F32(12582912)
+    iv = t.view(np.int32)
+    iv &= 0x007FFFFF
+    iv -= 0x00400000
+    return iv
+
+
 def _levels(xt: np.ndarray, iscale: np.ndarray, lo: float, hi: float, out: np.ndarray) -> np.ndarray:
     """``MAX(lo, MIN(hi, nearest_int(iscale*x)))`` as float32 (rint = nearest_int: |iscale*x| <= nmax+1)."""
     np.multiply(xt, iscale, out=out)
@@ -231,12 +241,14 @@ def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
     rng = np.where(flat, F32(1), mx - mn)
     iscale = F32(nmax) / rng
     scale = F32(1) / iscale
-    best_l = _levels(xt - mn, iscale, lo, hi, np.empty_like(xt))
+    xmin = xt.min(axis=0)
+    span = _span(mx, xmin, mn)
+    best_l = _levels_guarded(xt - mn, iscale, span, lo, hi, np.empty_like(xt))
     best_mad = _mad(scale, mn, best_l, xt, w, use_mad, tmp)
     for i_s in range(nstep + 1):
         rng = mx - mn
         isc = (rmin + rdelta * F32(i_s) + F32(nmax)) / rng
-        lf = _levels(xt - mn, isc, lo, hi, t)
+        lf = _levels_guarded(xt - mn, isc, span, lo, hi, t)
         np.multiply(w, lf, out=tmp)
         sum_l = np.add.reduce(tmp, axis=0, initial=F32(0))
         sum_xl = np.add.reduce(tmp * xt, axis=0, initial=F32(0))
@@ -258,9 +270,24 @@ def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
             best_mad = np.where(upd, mad, best_mad)
             scale = np.where(upd, this_scale, scale)
             mn = np.where(upd, this_min, mn)
+            span = _span(mx, xmin, mn)
     scale = np.where(flat, F32(0), scale)
     best_l[:, flat] = 0
     return scale, -mn, best_l.astype(np.uint8)
+
+
+def _span(mx, xmin, mn):
+    """Largest |x - min| of each group: bounds |iscale*(x - min)|."""
+    return np.maximum(np.abs(mx - mn), np.abs(xmin - mn))
+
+
+def _levels_guarded(xm, isc, span, lo, hi, out):
+    """``_levels`` where a tiny range made ``iscale`` huge or inf: those groups get ggml's nearest_int."""
+    _levels(xm, isc, lo, hi, out)
+    wild = ~(np.abs(isc) * span <= F32(4e6))
+    if wild.any():
+        out[:, wild] = np.clip(nearest_int(xm[:, wild] * isc[wild]), lo, hi)
+    return out
 
 
 def _mad(scale, mn, lf, xt, w, use_mad, tmp):
