@@ -1,0 +1,392 @@
+"""Chat view: conversation list (SQLite history), transcript with streaming markdown, the prompt box, sampling
+settings with R1 defaults, system prompt, and the chain-of-thought side panel.
+
+One :class:`~app.ui.model_worker.ModelHost` per loaded model (its worker owns the engine in its own thread).
+Segments stream in through signals and are applied to the :class:`MessageListModel` here, on the GUI thread.
+Keys: Enter sends, Shift+Enter new line, Esc stops (or leaves edit mode).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .chat_model import ChatMessage, MessageListModel
+from .chat_widgets import PromptEdit, Transcript
+from .conversations import ConversationPanel
+from .errors import show_error
+from .model_worker import ModelHost
+from .reasoning_panel import ReasoningPanel
+from .settings import R1_TEMPERATURE, R1_TOP_P
+from .workers import ThreadRegistry
+
+
+class ChatView(QWidget):
+    modelLoaded = Signal(object)  # ModelInfo
+    modelLoading = Signal(object)  # Path
+    modelFailed = Signal(object)  # exception
+    replyFinished = Signal(object)  # ChatMessage (with stats)
+    busyChanged = Signal(bool)
+
+    def __init__(self, registry: ThreadRegistry, settings_getter, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("chatView")
+        self._registry = registry
+        self._settings = settings_getter
+        self.host: ModelHost | None = None
+        self._retiring: list[ModelHost] = []
+        self._request: int | None = None
+        self._row: int | None = None  # the assistant message being generated
+        self._edit_row: int | None = None
+        self.model = MessageListModel(self)
+        self.conversations = ConversationPanel(self)
+        self.conversations.conversationOpened.connect(self._open_conversation)
+        self.conversations.newRequested.connect(self.new_conversation)
+        self._build()
+        self.transcript.reasoningRequested.connect(self.show_reasoning)
+        self.transcript.editRequested.connect(self.edit_message)
+        self.model.dataChanged.connect(self._on_model_changed)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.escape,
+                  context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self._update_controls()
+
+    # ---- layout ---------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        s = self._settings()
+        self.model_label = QLabel("No model loaded: pick one in the Library.")
+        self.model_label.setObjectName("modelLabel")
+        self.system_toggle = QToolButton()
+        self.system_toggle.setText("System prompt")
+        self.system_toggle.setCheckable(True)
+        self.system_prompt = QPlainTextEdit(s.system_prompt)
+        self.system_prompt.setObjectName("systemPrompt")
+        self.system_prompt.setPlaceholderText("Optional instructions for the whole conversation. (DeepSeek advises "
+                                              "R1 models to get all instructions in the user message instead.)")
+        self.system_prompt.setMaximumHeight(70)
+        self.system_prompt.setVisible(False)
+        self.system_toggle.toggled.connect(self.system_prompt.setVisible)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.05)
+        self.temperature.setValue(s.temperature)
+        self.top_p = QDoubleSpinBox()
+        self.top_p.setRange(0.0, 1.0)
+        self.top_p.setSingleStep(0.01)
+        self.top_p.setValue(s.top_p)
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 65536)
+        self.max_tokens.setValue(s.max_tokens)
+        self.greedy = QCheckBox("Greedy")
+        self.greedy.setChecked(s.greedy)
+        self.greedy.toggled.connect(lambda on: (self.temperature.setEnabled(not on), self.top_p.setEnabled(not on)))
+        r1 = QPushButton("R1 defaults")
+        r1.setToolTip("temperature 0.6, top-p 0.95 (DeepSeek's recommendation for R1 and its distills)")
+        r1.clicked.connect(self.reset_sampling)
+        top = QVBoxLayout()
+        row1 = QHBoxLayout()
+        row1.addWidget(self.model_label, 1)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.system_toggle)
+        row2.addSpacing(12)
+        for label, w in (("Temperature", self.temperature), ("Top-p", self.top_p), ("Max tokens", self.max_tokens)):
+            row2.addWidget(QLabel(label))
+            row2.addWidget(w)
+        row2.addWidget(self.greedy)
+        row2.addWidget(r1)
+        row2.addStretch(1)
+        top.addLayout(row1)
+        top.addLayout(row2)
+
+        self.transcript = Transcript(self.model)
+        self.edit_banner = QLabel("Editing an earlier message: Enter resends it (later messages are replaced), "
+                                  "Esc cancels.")
+        self.edit_banner.setObjectName("editBanner")
+        self.edit_banner.hide()
+        self.prompt = PromptEdit()
+        self.prompt.setObjectName("promptEdit")
+        self.prompt.setPlaceholderText("Ask something… (Enter sends, Shift+Enter new line, Esc stops)")
+        self.prompt.submitted.connect(self.send)
+        self.send_button = QPushButton("Send")
+        self.send_button.setObjectName("sendButton")
+        self.send_button.clicked.connect(self.send)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("stopButton")
+        self.stop_button.clicked.connect(self.stop)
+        self.regen_button = QPushButton("Regenerate")
+        self.regen_button.setObjectName("regenerateButton")
+        self.regen_button.clicked.connect(self.regenerate)
+        buttons = QVBoxLayout()
+        for b in (self.send_button, self.stop_button, self.regen_button):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.prompt, 1)
+        bottom.addLayout(buttons)
+
+        center = QWidget()
+        cl = QVBoxLayout(center)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.addLayout(top)
+        cl.addWidget(self.system_prompt)
+        cl.addWidget(self.transcript, 1)
+        cl.addWidget(self.edit_banner)
+        cl.addLayout(bottom)
+        self.reasoning = ReasoningPanel()
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.conversations)
+        self.splitter.addWidget(center)
+        self.splitter.addWidget(self.reasoning)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setStretchFactor(2, 2)
+        self.splitter.setSizes([200, 640, 380])
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.splitter)
+
+    # ---- model ----------------------------------------------------------------------------------------------
+    def load_model(self, path: Path) -> None:
+        """Load ``path`` in a fresh worker thread; the previous model's worker is retired (stopped and freed in
+        its own thread, without blocking the GUI)."""
+        self._retire_host()
+        s = self._settings()
+        host = ModelHost(self._registry, self)
+        host.loaded.connect(self._on_loaded)
+        host.loadFailed.connect(self._on_load_failed)
+        host.segment.connect(self._on_segment)
+        host.replied.connect(self._on_replied)
+        host.failed.connect(self._on_failed)
+        host.busyChanged.connect(lambda _b: self._update_controls())
+        self.host = host
+        self.model_label.setText(f"Loading {Path(path).name}…")
+        self.modelLoading.emit(Path(path))
+        host.load(path, n_ctx=s.context_size, n_threads=s.effective_threads(), n_gpu_layers=s.gpu_layers)
+        self._update_controls()
+
+    def _retire_host(self) -> None:
+        old, self.host = self.host, None
+        if old is None:
+            return
+        self._finish_streaming("cancelled")
+        old.cancel_all()
+        self._retiring.append(old)
+        old.retire(lambda h=old: self._retiring.remove(h) if h in self._retiring else None)
+
+    def _on_loaded(self, info: Any) -> None:
+        self.model_label.setText(f"<b>{info.name}</b> · {info.file_type} · {info.size_bytes / 1e6:.0f} MB · "
+                                 f"context {info.n_ctx} · {info.backend}")
+        self.modelLoaded.emit(info)
+        self._update_controls()
+        self.prompt.setFocus()
+
+    def _on_load_failed(self, e: BaseException) -> None:
+        self.model_label.setText("No model loaded: pick one in the Library.")
+        if self.host is not None:
+            self._retire_host()
+        self.modelFailed.emit(e)
+        show_error(self, e)
+        self._update_controls()
+
+    def loaded_info(self) -> Any:
+        return self.host.info if self.host is not None else None
+
+    # ---- conversation ---------------------------------------------------------------------------------------
+    def new_conversation(self) -> None:
+        if self.is_busy():
+            self.stop()
+        self._cancel_edit()
+        self.model.clear()
+        self.conversations.start_new()
+        self.reasoning.show_message(None)
+        self.prompt.setFocus()
+
+    def _open_conversation(self, messages: list[ChatMessage], system_prompt: str) -> None:
+        if self.is_busy():
+            self.stop()
+        self._cancel_edit()
+        self.model.set_messages(messages)
+        self.system_prompt.setPlainText(system_prompt)
+        last = self.model.last_row("assistant")
+        self.reasoning.show_message(self.model.message(last) if last >= 0 else None)
+
+    def sampling(self) -> Any:
+        from app.core.chat_types import SamplingSettings
+
+        s = self._settings()
+        return SamplingSettings(temperature=self.temperature.value(), top_p=self.top_p.value(),
+                                max_tokens=self.max_tokens.value(), greedy=self.greedy.isChecked(),
+                                seed=None if s.seed < 0 else s.seed)
+
+    def reset_sampling(self) -> None:
+        self.temperature.setValue(R1_TEMPERATURE)
+        self.top_p.setValue(R1_TOP_P)
+        self.greedy.setChecked(False)
+
+    def _history_messages(self) -> list[dict[str, str]]:
+        out = []
+        sp = self.system_prompt.toPlainText().strip()
+        if sp:
+            out.append({"role": "system", "content": sp})
+        for m in self.model.messages():
+            if m.role in ("user", "assistant") and not m.streaming:
+                out.append({"role": m.role, "content": m.content})
+        return out
+
+    # ---- sending --------------------------------------------------------------------------------------------
+    def is_busy(self) -> bool:
+        return self._request is not None
+
+    def send(self, text: str | None = None) -> bool:
+        """Send the prompt box's text (or ``text``).  Returns False when nothing could be sent."""
+        text = (self.prompt.toPlainText() if text is None else text).strip()
+        if not text or self.is_busy():
+            return False
+        if self.host is None or not self.host.is_loaded():
+            from app.core.errors import EngineError
+
+            show_error(self, EngineError("no model is loaded: pick a GGUF in the Library and press Chat"))
+            return False
+        if self._edit_row is not None:
+            self.conversations.truncate(self.model, self._edit_row)
+            self.model.truncate(self._edit_row)
+            self._cancel_edit()
+        self.prompt.clear()
+        user = ChatMessage("user", text)
+        self.model.append(user)
+        self._save(self.model.rowCount() - 1)
+        self._generate()
+        return True
+
+    def _save(self, row: int) -> None:
+        path = str(self.host.path) if self.host is not None and self.host.path else ""
+        self.conversations.save_message(self.model, row, self.system_prompt.toPlainText(), path,
+                                        self.sampling().to_dict())
+
+    def _model_name(self) -> str:
+        info = self.loaded_info()
+        return f"{info.name} · {info.file_type}" if info is not None else ""
+
+    def _generate(self) -> None:
+        assert self.host is not None
+        messages = self._history_messages()
+        self._row = self.model.append(ChatMessage("assistant", streaming=True, model=self._model_name()))
+        self.reasoning.show_message(self.model.message(self._row))
+        self._request = self.host.chat(messages, self.sampling())
+        self._update_controls()
+        self.busyChanged.emit(True)
+
+    def regenerate(self) -> None:
+        """Replace the last reply with a new one."""
+        if self.is_busy() or self.host is None or not self.host.is_loaded():
+            return
+        last = self.model.last_row("assistant")
+        if last < 0 or last != self.model.rowCount() - 1:
+            return
+        self.conversations.truncate(self.model, last)
+        self.model.truncate(last)
+        self._generate()
+
+    def edit_message(self, row: int) -> None:
+        """Put an earlier user message back into the prompt box; sending replaces it and everything after."""
+        if self.is_busy() or self.model.message(row).role != "user":
+            return
+        self._edit_row = row
+        self.prompt.setPlainText(self.model.message(row).content)
+        self.edit_banner.show()
+        self.prompt.setFocus()
+
+    def _cancel_edit(self) -> None:
+        self._edit_row = None
+        self.edit_banner.hide()
+
+    def stop(self) -> None:
+        if self.host is not None and self._request is not None:
+            self.host.stop(self._request)
+
+    def escape(self) -> None:
+        if self.is_busy():
+            self.stop()
+        elif self._edit_row is not None:
+            self._cancel_edit()
+            self.prompt.clear()
+
+    def show_reasoning(self, row: int) -> None:
+        self.reasoning.show_message(self.model.message(row))
+        self.reasoning.set_expanded(True)
+
+    # ---- results (GUI thread) -------------------------------------------------------------------------------
+    def _on_segment(self, rid: int, kind: str, text: str) -> None:
+        if rid == self._request and self._row is not None:
+            self.model.append_text(self._row, kind, text)
+
+    def _on_model_changed(self, top: Any, bottom: Any, *_: object) -> None:
+        shown = self.reasoning.message()
+        for row in range(top.row(), bottom.row() + 1):
+            m = self.model.message(row)
+            if shown is m or (row == self._row and shown is not None and shown.streaming):
+                self.reasoning.show_message(m)
+
+    def _on_replied(self, rid: int, reply: Any) -> None:
+        if rid != self._request or self._row is None:
+            return
+        row = self._row
+        self.model.update(row, content=reply.answer, reasoning=reply.reasoning, streaming=False,
+                          finish_reason=reply.finish_reason, unterminated=reply.unterminated,
+                          skipped_reasoning=reply.skipped_reasoning, notice=reply.notice or "",
+                          stats=reply.stats.to_dict())
+        self.reasoning.show_message(self.model.message(row))
+        self._save(row)
+        self._done()
+        self.replyFinished.emit(self.model.message(row))
+
+    def _on_failed(self, rid: int, e: BaseException) -> None:
+        if rid != self._request:
+            return
+        self._finish_streaming("error")
+        self._done()
+        show_error(self, e)
+
+    def _finish_streaming(self, reason: str) -> None:
+        if self._row is not None and self._row < self.model.rowCount() and self.model.message(self._row).streaming:
+            self.model.update(self._row, streaming=False, finish_reason=reason)
+            self.reasoning.show_message(self.model.message(self._row))
+        self._done()
+
+    def _done(self) -> None:
+        was = self._request is not None
+        self._request = None
+        self._row = None
+        self._update_controls()
+        if was:
+            self.busyChanged.emit(False)
+
+    def _update_controls(self) -> None:
+        loaded = self.host is not None and self.host.is_loaded()
+        busy = self.is_busy()
+        self.send_button.setEnabled(loaded and not busy)
+        self.stop_button.setEnabled(busy)
+        last = self.model.last_row("assistant")
+        self.regen_button.setEnabled(loaded and not busy and last >= 0 and last == self.model.rowCount() - 1)
+
+    def shutdown(self, timeout_ms: int = 60000) -> None:
+        """Stop generating, free the model and join its thread (window closing)."""
+        if self.host is not None:
+            self.host.close(timeout_ms)
+        for h in list(self._retiring):
+            h.close(timeout_ms)
+        self._retiring.clear()
+        self.conversations.close_store()

@@ -1,0 +1,324 @@
+"""Compare view: one prompt through the reference and a quantization, two streaming columns, then the answer
+coloured token by token by KL divergence, the first divergence marked, a per-token KL plot and the summary.
+Below it, the eval ladder over all local quantizations of the model (:mod:`app.ui.ladder_panel`).
+
+The comparison runs in a :class:`~app.ui.workers.Job` (app.core.compare.compare, which loads both models
+itself); streamed text arrives through the job's ``stream`` signal, the result through ``done``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import compare_render as render
+from .errors import show_error
+from .ladder_panel import LadderPanel
+from .library_model import ModelGroup
+from .plots import KLPlot
+from .workers import Job, ThreadRegistry
+
+DEFAULT_PROMPT = "What is 17 times 24? Explain briefly."
+
+
+class CompareView(QWidget):
+    compareFinished = Signal(object)  # CompareResult
+    busyChanged = Signal(bool)
+
+    def __init__(self, registry: ThreadRegistry, settings_getter, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("compareView")
+        self._registry = registry
+        self._settings = settings_getter
+        self._groups: list[ModelGroup] = []
+        self._job: Job | None = None
+        self.result: Any = None
+        self._ref_stream = ""
+        self._cand_stream = ""
+
+        self.reference = QComboBox()
+        self.reference.setObjectName("compareReference")
+        self.candidate = QComboBox()
+        self.candidate.setObjectName("compareCandidate")
+        for c in (self.reference, self.candidate):
+            c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.prompt = QPlainTextEdit(DEFAULT_PROMPT)
+        self.prompt.setObjectName("comparePrompt")
+        self.prompt.setMaximumHeight(64)
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 8192)
+        self.max_tokens.setValue(256)
+        self.run_button = QPushButton("Compare")
+        self.run_button.setObjectName("compareRun")
+        self.run_button.setDefault(True)
+        self.run_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("compareStop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("")
+        self.progress.setValue(0)
+
+        form = QFormLayout()
+        pick = QHBoxLayout()
+        pick.addWidget(QLabel("Reference"))
+        pick.addWidget(self.reference, 1)
+        pick.addWidget(QLabel("Candidate"))
+        pick.addWidget(self.candidate, 1)
+        pick.addWidget(QLabel("Max tokens"))
+        pick.addWidget(self.max_tokens)
+        form.addRow(pick)
+        row = QHBoxLayout()
+        row.addWidget(self.prompt, 1)
+        buttons = QVBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        row.addLayout(buttons)
+        form.addRow("Prompt", row)
+        form.addRow(self.progress)
+
+        self.ref_title = QLabel("Reference")
+        self.cand_title = QLabel("Candidate")
+        for t in (self.ref_title, self.cand_title):
+            t.setObjectName("columnTitle")
+        self.ref_view = QTextBrowser()
+        self.ref_view.setObjectName("compareReferenceText")
+        self.cand_view = QTextBrowser()
+        self.cand_view.setObjectName("compareCandidateText")
+        cols = QGridLayout()
+        cols.addWidget(self.ref_title, 0, 0)
+        cols.addWidget(self.cand_title, 0, 1)
+        cols.addWidget(self.ref_view, 1, 0)
+        cols.addWidget(self.cand_view, 1, 1)
+        columns = QWidget()
+        columns.setLayout(cols)
+
+        self.plot = KLPlot()
+        self.plot.setObjectName("klPlot")
+        self.plot.tokenClicked.connect(self._on_token_clicked)
+        self.token_info = QLabel("Click a bar (or hover) to see one token's figures.")
+        self.token_info.setObjectName("hintLabel")
+        self.summary_box = QGroupBox("Summary")
+        self.summary_grid = QGridLayout(self.summary_box)
+        self.summary_labels: dict[str, QLabel] = {}
+        for i, (label, _v) in enumerate(render.summary_rows(_EMPTY)):
+            value = QLabel("–")
+            value.setObjectName("summaryValue")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self.summary_grid.addWidget(QLabel(label), i, 0)
+            self.summary_grid.addWidget(value, i, 1)
+            self.summary_labels[label] = value
+        plot_box = QWidget()
+        pl = QVBoxLayout(plot_box)
+        pl.setContentsMargins(0, 0, 0, 0)
+        pl.addWidget(self.plot, 1)
+        pl.addWidget(self.token_info)
+        figures = QSplitter(Qt.Orientation.Horizontal)
+        figures.addWidget(plot_box)
+        figures.addWidget(self.summary_box)
+        figures.setStretchFactor(0, 3)
+        figures.setStretchFactor(1, 1)
+
+        self.ladder = LadderPanel(registry, settings_getter)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(columns)
+        split.addWidget(figures)
+        split.addWidget(self.ladder)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setStretchFactor(2, 2)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(split, 1)
+        self.reference.currentIndexChanged.connect(self._on_pick)
+        self.candidate.currentIndexChanged.connect(self._on_pick)
+
+    # ---- model choice ---------------------------------------------------------------------------------------
+    def set_groups(self, groups: list[ModelGroup]) -> None:
+        ref, cand = self.reference.currentData(), self.candidate.currentData()
+        self._groups = groups
+        for combo in (self.reference, self.candidate):
+            combo.blockSignals(True)
+            combo.clear()
+            for g in groups:
+                for e in g.ggufs:
+                    if e.ok:
+                        combo.addItem(f"{g.name} · {e.file_type}", e.path)
+            combo.blockSignals(False)
+        if ref is not None and cand is not None:
+            self.set_pair(ref, cand)
+        else:
+            self._default_pair()
+        self._on_pick()
+
+    def _default_pair(self) -> None:
+        for g in self._groups:
+            ref, quant = g.reference(), g.quantized()
+            if ref is not None and quant:
+                self.set_pair(ref.path, quant[-1].path)
+                return
+
+    def set_pair(self, reference: Path, candidate: Path) -> None:
+        for combo, p in ((self.reference, reference), (self.candidate, candidate)):
+            i = combo.findData(Path(p))
+            if i >= 0:
+                combo.setCurrentIndex(i)
+
+    def _group_of(self, path: Path | None) -> ModelGroup | None:
+        return next((g for g in self._groups if any(e.path == path for e in g.ggufs)), None)
+
+    def _on_pick(self, *_: object) -> None:
+        ref = self.reference.currentData()
+        self.ref_title.setText(f"Reference — {self.reference.currentText()}" if ref else "Reference")
+        self.cand_title.setText(f"Candidate — {self.candidate.currentText()}" if ref else "Candidate")
+        self.ladder.set_group(self._group_of(ref))
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        busy = self._job is not None
+        ok = self.reference.currentData() is not None and self.candidate.currentData() is not None
+        self.run_button.setEnabled(ok and not busy)
+        self.stop_button.setEnabled(busy)
+
+    # ---- run ------------------------------------------------------------------------------------------------
+    def is_busy(self) -> bool:
+        return self._job is not None
+
+    def start(self) -> None:
+        from app.core.compare import compare
+
+        ref, cand = self.reference.currentData(), self.candidate.currentData()
+        prompt = self.prompt.toPlainText().strip()
+        if ref is None or cand is None or not prompt or self._job is not None:
+            return
+        self.result = None
+        self._ref_stream = self._cand_stream = ""
+        self.ref_view.clear()
+        self.cand_view.clear()
+        self.plot.clear()
+        for v in self.summary_labels.values():
+            v.setText("–")
+        s = self._settings()
+        job = Job(compare, Path(ref), Path(cand), prompt, registry=self._registry, name="compare",
+                  streams=("on_reference_text", "on_candidate_text"), max_tokens=self.max_tokens.value(),
+                  n_ctx=s.context_size, threads=s.effective_threads())
+        job.stream.connect(self._on_stream)
+        job.progress.connect(self._on_progress)
+        job.done.connect(self._on_done)
+        job.failed.connect(lambda e: show_error(self, e))
+        job.cancelled.connect(lambda: self.progress.setFormat("stopped"))
+        job.finished.connect(self._on_finished)
+        self._job = job.start()
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("loading the reference…")
+        self._update_buttons()
+        self.busyChanged.emit(True)
+
+    def stop(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def shutdown(self) -> None:
+        self.stop()
+        self.ladder.stop()
+
+    def _on_stream(self, name: str, text: str) -> None:
+        if name == "on_reference_text":
+            self._ref_stream += text
+            self._append(self.ref_view, text)
+        else:
+            self._cand_stream += text
+            self._append(self.cand_view, text)
+
+    @staticmethod
+    def _append(view: QTextBrowser, text: str) -> None:
+        cur = view.textCursor()
+        cur.movePosition(cur.MoveOperation.End)
+        cur.insertText(text)
+        bar = view.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def _on_progress(self, p: Any) -> None:
+        stage, done, total = getattr(p, "stage", ""), getattr(p, "done", 0), getattr(p, "total", 0)
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(min(done, total))
+        self.progress.setFormat(f"{stage}: {done}/{total}")
+
+    def _on_done(self, result: Any) -> None:
+        self.result = result
+        self.show_result(result)
+        self.compareFinished.emit(result)
+
+    def _on_finished(self) -> None:
+        self._job = None
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+        self._update_buttons()
+        self.busyChanged.emit(False)
+
+    # ---- result ---------------------------------------------------------------------------------------------
+    def show_result(self, result: Any, selected: int | None = None) -> None:
+        div = result.first_divergence
+        self.ref_view.setHtml(render.reference_html(result.tokens, div, selected))
+        self.cand_view.setHtml(render.candidate_html(result.candidate_text,
+                                                     render.divergence_offset(result.tokens, div)))
+        if div is not None and selected is None:
+            self.ref_view.scrollToAnchor("divergence")
+            self.cand_view.scrollToAnchor("divergence")
+        self.plot.set_data([r.kl for r in result.tokens], [r.text for r in result.tokens], div)
+        for label, value in render.summary_rows(result):
+            self.summary_labels[label].setText(value)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat("identical answers" if div is None else f"answers part at token {div}")
+        if result.warnings:
+            self.token_info.setText("Warning: " + "; ".join(result.warnings))
+
+    def _on_token_clicked(self, i: int) -> None:
+        if self.result is None or i >= len(self.result.tokens):
+            return
+        r = self.result.tokens[i]
+        self.token_info.setText(f"token {i} {r.text!r}: KL {r.kl:.5f} · p(ref token) {r.p_ref:.3f} under the "
+                                f"reference, {r.p_cand:.3f} under the candidate · top-1 "
+                                f"{'agrees' if r.top1_match else 'differs'}")
+        self.show_result(self.result, selected=i)
+        self.ref_view.scrollToAnchor(f"t{i}" if i != self.result.first_divergence else "divergence")
+
+
+class _Empty:
+    """Stand-in result for laying out the summary grid before any comparison."""
+
+    class summary:  # noqa: N801 - mimics the attribute
+        n_tokens = 0
+        mean_kld = median_kld = p99_kld = max_kld = top1_agreement = top5_overlap = None
+        ppl_reference = ppl_candidate = None
+
+    first_divergence = None
+
+    class reference:  # noqa: N801
+        size_bytes = 0
+
+    class candidate:  # noqa: N801
+        size_bytes = 0
+        bits_per_weight = 0.0
+
+
+_EMPTY = _Empty()

@@ -1,0 +1,194 @@
+"""The eval ladder panel: run :func:`app.core.evaluate.eval_ladder` over all local quantizations of a model
+against its reference and plot size vs mean KL -- where each bit-width sits.  Saved results
+(:func:`app.core.evaluate.load_saved_rows`) are shown as soon as the model is picked."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .errors import show_error
+from .library_model import ModelGroup
+from .plots import LadderPlot, LadderPoint
+from .workers import Job, ThreadRegistry
+
+COLUMNS = ["Type", "Size MB", "Bits/weight", "PPL", "ΔPPL", "Mean KL", "Top-1"]
+
+
+def saved_rows(group: ModelGroup | None) -> list[Any]:
+    """Latest saved eval row per candidate of ``group``'s reference (current files only)."""
+    ref = group.reference() if group else None
+    if ref is None:
+        return []
+    from app.core.evaluate import load_saved_rows
+
+    latest: dict[str, Any] = {}
+    for row in load_saved_rows(ref.path):  # newest first
+        latest.setdefault(row.path, row)
+    return list(latest.values())
+
+
+def quality_by_path(rows: list[Any]) -> dict[Path, tuple[float, float]]:
+    return {Path(r.path): (r.mean_kld, r.top1_agreement) for r in rows if not r.is_reference}
+
+
+class LadderPanel(QWidget):
+    qualityMeasured = Signal(object)  # {Path: (mean KL, top-1)}
+    busyChanged = Signal(bool)
+
+    def __init__(self, registry: ThreadRegistry, settings_getter, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("ladderPanel")
+        self._registry = registry
+        self._settings = settings_getter
+        self._group: ModelGroup | None = None
+        self._job: Job | None = None
+        self.rows: list[Any] = []
+        self.run_button = QPushButton("Run the eval ladder")
+        self.run_button.setObjectName("ladderRun")
+        self.run_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.chunks = QSpinBox()
+        self.chunks.setRange(1, 1000)
+        self.chunks.setValue(4)
+        self.chunks.setToolTip("chunks of the sample text to score (more = slower, steadier figures)")
+        self.ctx = QSpinBox()
+        self.ctx.setRange(64, 8192)
+        self.ctx.setSingleStep(64)
+        self.ctx.setValue(512)
+        self.progress = QProgressBar()
+        self.progress.setFormat("")
+        self.progress.setValue(0)
+        self.caption = QLabel("Pick a model with a reference and quantizations.")
+        self.caption.setObjectName("hintLabel")
+        self.caption.setWordWrap(True)
+        top = QHBoxLayout()
+        top.addWidget(self.run_button)
+        top.addWidget(self.stop_button)
+        top.addWidget(QLabel("chunks"))
+        top.addWidget(self.chunks)
+        top.addWidget(QLabel("context"))
+        top.addWidget(self.ctx)
+        top.addWidget(self.progress, 1)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setObjectName("ladderTable")
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.plot = LadderPlot()
+        self.plot.setObjectName("ladderPlot")
+        split = QSplitter()
+        split.addWidget(self.table)
+        split.addWidget(self.plot)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(top)
+        lay.addWidget(self.caption)
+        lay.addWidget(split, 1)
+        self._update()
+
+    def set_group(self, group: ModelGroup | None) -> None:
+        self._group = group
+        try:
+            rows = saved_rows(group)
+        except Exception as e:  # noqa: BLE001 - saved results are a convenience; never fatal
+            show_error(self, e, context="Reading saved eval results failed")
+            rows = []
+        self.show_rows(rows)
+        self._update()
+
+    def _update(self) -> None:
+        g = self._group
+        ref = g.reference() if g else None
+        quants = g.quantized() if g else []
+        busy = self._job is not None
+        self.run_button.setEnabled(ref is not None and bool(quants) and not busy)
+        self.stop_button.setEnabled(busy)
+        if g is None or ref is None:
+            self.caption.setText("The eval ladder needs a reference (F16/BF16/Q8_0) and quantizations of one model.")
+        elif not busy:
+            self.caption.setText(f"{g.name}: {len(quants)} quantization(s) against {ref.file_type}, scored on the "
+                                 "built-in sample text (llama-perplexity's KL divergence method).")
+
+    def show_rows(self, rows: list[Any]) -> None:
+        self.rows = list(rows)
+        self.table.setRowCount(0)
+        for r in sorted(self.rows, key=lambda r: -r.size_bytes):
+            i = self.table.rowCount()
+            self.table.insertRow(i)
+            cells = [r.file_type + (" (reference)" if r.is_reference else ""), f"{r.size_bytes / 1e6:.1f}",
+                     f"{r.bits_per_weight:.2f}", f"{r.ppl:.3f}", f"{r.delta_ppl:+.3f}", f"{r.mean_kld:.5f}",
+                     f"{r.top1_agreement:.1%}"]
+            for c, text in enumerate(cells):
+                self.table.setItem(i, c, QTableWidgetItem(text))
+        self.plot.set_points([LadderPoint(r.file_type, r.size_bytes, r.mean_kld, r.bits_per_weight)
+                              for r in self.rows if not r.is_reference])
+
+    def is_busy(self) -> bool:
+        return self._job is not None
+
+    def start(self) -> None:
+        from app.core.evaluate import eval_ladder
+
+        g = self._group
+        ref = g.reference() if g else None
+        if g is None or ref is None or self._job is not None:
+            return
+        cands = [e.path for e in g.quantized()]
+        s = self._settings()
+        job = Job(eval_ladder, ref.path, cands, registry=self._registry, name="eval-ladder",
+                  n_ctx=self.ctx.value(), n_chunks=self.chunks.value(), threads=s.effective_threads())
+        job.progress.connect(self._on_progress)
+        job.done.connect(self._on_done)
+        job.failed.connect(lambda e: show_error(self, e))
+        job.cancelled.connect(lambda: self.progress.setFormat("stopped"))
+        job.finished.connect(self._on_finished)
+        self._job = job.start()
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("loading the models…")
+        self.caption.setText(f"Evaluating {len(cands)} quantization(s) of {g.name}…")
+        self._update()
+        self.busyChanged.emit(True)
+
+    def stop(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def _on_progress(self, p: Any) -> None:
+        self.progress.setRange(0, max(1, p.total))
+        self.progress.setValue(min(p.done, p.total))
+        self.progress.setFormat(f"{p.stage}: chunk {p.done}/{p.total}")
+
+    def _on_done(self, rows: list[Any]) -> None:
+        self.show_rows(rows)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat("done")
+        self.qualityMeasured.emit(quality_by_path(rows))
+
+    def _on_finished(self) -> None:
+        self._job = None
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+        self._update()
+        self.busyChanged.emit(False)

@@ -1,0 +1,327 @@
+"""Library view: checkpoints and their GGUF variants, with actions download, quantize, chat, compare, delete.
+
+The scan runs in a worker (reading GGUF headers of big files must not stall the GUI); the tree model is filled
+on the GUI thread from the result.  When there is no model at all, an empty state offers the built-in demo.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QStackedWidget,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import library_model as lm
+from .errors import show_error
+from .workers import Job, ThreadRegistry
+
+COLUMNS = ["Model / file", "Type", "Size", "Bits/weight", "Role", "Mean KL", "Top-1"]
+EntryRole = Qt.ItemDataRole.UserRole + 10
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# Confirmation hook: tests replace it; returns True to go ahead.
+def confirm(parent: QWidget, title: str, text: str) -> bool:
+    return QMessageBox.question(parent, title, text) == QMessageBox.StandardButton.Yes
+
+
+class LibraryView(QWidget):
+    chatRequested = Signal(object)  # Path of a GGUF
+    compareRequested = Signal(object, object)  # reference Path, candidate Path
+    quantizeRequested = Signal(object)  # ModelGroup
+    downloadRequested = Signal()
+    demoRequested = Signal()
+    refreshed = Signal()
+
+    def __init__(self, registry: ThreadRegistry, settings_getter, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("libraryView")
+        self._registry = registry
+        self._settings = settings_getter
+        self._groups: list[lm.ModelGroup] = []
+        self._scan_job: Job | None = None
+        self._rescan = False
+        self._quality: dict[Path, tuple[float, float]] = {}
+        self.model = QStandardItemModel(0, len(COLUMNS), self)
+        self.model.setHorizontalHeaderLabels(COLUMNS)
+        self.tree = QTreeView()
+        self.tree.setObjectName("libraryTree")
+        self.tree.setModel(self.model)
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.tree.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.tree.header().setStretchLastSection(False)
+        self.tree.selectionModel().selectionChanged.connect(self._update_buttons)
+        self.tree.doubleClicked.connect(lambda _i: self._chat())
+        self.buttons: dict[str, QPushButton] = {}
+        bar = QHBoxLayout()
+        for key, text, slot in [("download", "Download…", self.downloadRequested.emit),
+                                ("add", "Add GGUF…", self._add_file),
+                                ("quantize", "Quantize…", self._quantize),
+                                ("chat", "Chat", self._chat),
+                                ("compare", "Compare with reference", self._compare),
+                                ("delete", "Delete…", self._delete),
+                                ("refresh", "Refresh", self.refresh)]:
+            b = QPushButton(text)
+            b.setObjectName(f"library_{key}")
+            b.clicked.connect(slot)
+            bar.addWidget(b)
+            self.buttons[key] = b
+        bar.addStretch(1)
+        self.hint = QLabel()
+        self.hint.setObjectName("hintLabel")
+        self.hint.setWordWrap(True)
+        listing = QWidget()
+        ll = QVBoxLayout(listing)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addLayout(bar)
+        ll.addWidget(self.tree, 1)
+        ll.addWidget(self.hint)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(listing)
+        self.stack.addWidget(self._empty_state())
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.stack)
+        self._update_buttons()
+
+    def _empty_state(self) -> QWidget:
+        w = QWidget()
+        w.setObjectName("emptyState")
+        title = QLabel("No models yet")
+        title.setObjectName("emptyTitle")
+        text = QLabel("Try the built-in demo: SmolLM2-135M-Instruct, a tiny model shipped with DistillDesk. Our own "
+                      "quantizer converts it to F16 and Q4_K_M (about a minute, offline), then you can chat "
+                      "with it and compare the two.\n\nOr download a DeepSeek-R1 distill from the Hub, or add a "
+                      "GGUF file you already have.")
+        text.setWordWrap(True)
+        self.demo_button = QPushButton("Set up the demo model")
+        self.demo_button.setObjectName("demoButton")
+        self.demo_button.clicked.connect(self.demoRequested.emit)
+        dl = QPushButton("Download a model…")
+        dl.clicked.connect(self.downloadRequested.emit)
+        add = QPushButton("Add a GGUF file…")
+        add.clicked.connect(self._add_file)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        for b in (self.demo_button, dl, add):
+            row.addWidget(b)
+        row.addStretch(1)
+        lay = QVBoxLayout(w)
+        lay.addStretch(1)
+        lay.addWidget(title, 0, Qt.AlignmentFlag.AlignHCenter)
+        lay.addWidget(text)
+        lay.addLayout(row)
+        lay.addStretch(2)
+        return w
+
+    # ---- data -----------------------------------------------------------------------------------------------
+    def groups(self) -> list[lm.ModelGroup]:
+        return list(self._groups)
+
+    def group(self, name: str) -> lm.ModelGroup | None:
+        return next((g for g in self._groups if g.name.lower() == name.lower()), None)
+
+    def set_quality(self, quality: dict[Path, tuple[float, float]]) -> None:
+        """Measured (mean KL, top-1) per GGUF, from the eval ladder."""
+        self._quality.update({Path(p): v for p, v in quality.items()})
+        self._fill()
+
+    def refresh(self) -> None:
+        """Rescan in a worker; ``refreshed`` fires when the tree shows the result."""
+        if self._scan_job is not None:
+            self._rescan = True
+            return
+        s = self._settings()
+        job = Job(lm.scan, list(s.extra_model_dirs), list(getattr(s, "extra_gguf_files", [])),
+                  registry=self._registry, with_progress=False, with_cancel=False, name="library-scan")
+        job.done.connect(self._on_scanned)
+        job.failed.connect(lambda e: show_error(self, e, context="Listing the models failed"))
+        job.finished.connect(self._on_scan_finished)
+        self._scan_job = job.start()
+
+    def refresh_now(self) -> None:
+        """Synchronous rescan (used at startup and by tests)."""
+        s = self._settings()
+        self._on_scanned(lm.scan(s.extra_model_dirs, getattr(s, "extra_gguf_files", [])))
+
+    def _on_scan_finished(self) -> None:
+        self._scan_job = None
+        if self._rescan:
+            self._rescan = False
+            self.refresh()
+
+    def _on_scanned(self, groups: list[lm.ModelGroup]) -> None:
+        self._groups = groups
+        self._fill()
+        self.refreshed.emit()
+
+    def _fill(self) -> None:
+        selected = self.selected_path()
+        self.model.removeRows(0, self.model.rowCount())
+        for g in self._groups:
+            ref = g.reference()
+            top = [QStandardItem(g.name)] + [QStandardItem("") for _ in COLUMNS[1:]]
+            top[0].setData(("group", g), EntryRole)
+            if g.checkpoint:
+                top[1].setText("checkpoint")
+                top[2].setText(human_size(g.checkpoint.size_bytes))
+                top[4].setText("source (safetensors)")
+                top[0].setToolTip(str(g.checkpoint.path))
+            f = top[0].font()
+            f.setBold(True)
+            top[0].setFont(f)
+            for e in g.ggufs:
+                row = self._gguf_row(e, ref)
+                top[0].appendRow(row)
+            self.model.appendRow(top)
+        self.tree.expandAll()
+        for c in range(1, len(COLUMNS)):
+            self.tree.resizeColumnToContents(c)
+        self.stack.setCurrentIndex(0 if self._groups else 1)
+        if selected:
+            self.select_path(selected)
+        self._update_buttons()
+
+    def _gguf_row(self, e: lm.GgufEntry, ref: lm.GgufEntry | None) -> list[QStandardItem]:
+        q = self._quality.get(e.path)
+        cells = [e.path.name, e.file_type, human_size(e.size_bytes), f"{e.bpw:.2f}" if e.bpw else "",
+                 "reference" if ref is not None and e.path == ref.path else ("unreadable" if e.error else "quantized"),
+                 f"{q[0]:.4f}" if q else "", f"{q[1]:.1%}" if q else ""]
+        items = [QStandardItem(c) for c in cells]
+        items[0].setData(("gguf", e), EntryRole)
+        items[0].setToolTip(str(e.path) + (f"\n{e.error}" if e.error else ""))
+        if e.error:
+            for it in items:
+                it.setForeground(QColor("#b71c1c"))
+        elif ref is not None and e.path == ref.path:
+            f = items[4].font()
+            f.setBold(True)
+            items[4].setFont(f)
+        return items
+
+    # ---- selection ------------------------------------------------------------------------------------------
+    def _selected(self) -> tuple[str, object] | None:
+        idx = self.tree.selectionModel().currentIndex()
+        if not idx.isValid() or not self.tree.selectionModel().hasSelection():
+            return None
+        idx = idx.siblingAtColumn(0)
+        return idx.data(EntryRole)
+
+    def selected_path(self) -> Path | None:
+        sel = self._selected()
+        return sel[1].path if sel and sel[0] == "gguf" else None
+
+    def selected_group(self) -> lm.ModelGroup | None:
+        sel = self._selected()
+        if not sel:
+            return None
+        if sel[0] == "group":
+            return sel[1]
+        return self.group(sel[1].model)
+
+    def select_path(self, path: Path) -> bool:
+        for r in range(self.model.rowCount()):
+            top = self.model.item(r, 0)
+            for c in range(top.rowCount()):
+                it = top.child(c, 0)
+                if it.data(EntryRole)[1].path == Path(path):
+                    self.tree.setCurrentIndex(it.index())
+                    return True
+        return False
+
+    def select_group(self, name: str) -> bool:
+        for r in range(self.model.rowCount()):
+            it = self.model.item(r, 0)
+            if it.text().lower() == name.lower():
+                self.tree.setCurrentIndex(it.index())
+                return True
+        return False
+
+    def _update_buttons(self, *_: object) -> None:
+        sel = self._selected()
+        gguf = sel[1] if sel and sel[0] == "gguf" else None
+        group = self.selected_group()
+        self.buttons["chat"].setEnabled(gguf is not None and gguf.ok)
+        self.buttons["delete"].setEnabled(gguf is not None)
+        self.buttons["quantize"].setEnabled(group is not None and group.checkpoint is not None)
+        ref = group.reference() if group else None
+        self.buttons["compare"].setEnabled(gguf is not None and gguf.ok and ref is not None and gguf.path != ref.path)
+        if group is not None and group.checkpoint is None:
+            self.hint.setText("This model has no checkpoint on disk, so it cannot be quantized again; download "
+                              "its checkpoint to make other bit-widths.")
+        elif gguf is not None and ref is None:
+            self.hint.setText("No reference (F16/BF16/Q8_0) of this model yet: quantize one to compare against.")
+        else:
+            self.hint.setText("Double-click a GGUF to chat with it.")
+
+    # ---- actions --------------------------------------------------------------------------------------------
+    def _chat(self) -> None:
+        p = self.selected_path()
+        if p is not None:
+            self.chatRequested.emit(p)
+
+    def _quantize(self) -> None:
+        g = self.selected_group()
+        if g is not None and g.checkpoint is not None:
+            self.quantizeRequested.emit(g)
+
+    def _compare(self) -> None:
+        p, g = self.selected_path(), self.selected_group()
+        ref = g.reference() if g else None
+        if p is not None and ref is not None:
+            self.compareRequested.emit(ref.path, p)
+
+    def _delete(self) -> None:
+        p = self.selected_path()
+        if p is None:
+            return
+        if not confirm(self, "Delete model file", f"Delete {p.name} ({human_size(p.stat().st_size)}) from "
+                       f"the disk?\n\n{p}\n\nThis cannot be undone."):
+            return
+        try:
+            lm.delete_gguf(p)
+        except OSError as e:
+            show_error(self, e, context=f"Deleting {p.name} failed")
+        self.refresh()
+
+    def _add_file(self) -> None:
+        fn, _ = QFileDialog.getOpenFileName(self, "Add a GGUF model", str(Path.home()), "GGUF models (*.gguf)")
+        if fn:
+            self.add_file(Path(fn))
+
+    def add_file(self, path: Path) -> None:
+        """Add a GGUF from anywhere on disk; a file that is not a valid GGUF is refused with the error dialog."""
+        from app.core.logits import read_gguf_info
+
+        try:
+            read_gguf_info(path)
+        except Exception as e:  # noqa: BLE001 - one dialog, the app goes on
+            show_error(self, e)
+            return
+        s = self._settings()
+        if str(path) not in s.extra_gguf_files:
+            s.extra_gguf_files.append(str(path))
+            from .settings import save_settings
+
+            save_settings(s)
+        self.refresh()

@@ -1,0 +1,144 @@
+"""Settings dialog: threads, GPU layers (greyed out with the reason when this llama.cpp build has no GPU
+offload), context size, and the data folders (where models, history and downloads live, plus extra folders
+scanned for GGUFs)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core import paths
+
+from .settings import AppSettings
+
+NO_GPU_REASON = ("This llama.cpp build has no GPU offload (CPU only). Rebuild with GPU support, e.g. "
+                 "DISTILLDESK_CMAKE_ARGS=-DGGML_CUDA=on make run")
+
+
+def gpu_backend_name() -> str | None:
+    from app.core.engine import gpu_backend
+
+    try:
+        return gpu_backend()
+    except Exception:  # noqa: BLE001 - a broken llama.cpp install shows as "no GPU", the app still opens
+        return None
+
+
+def hf_cache() -> str:
+    try:
+        from quantizer.checkpoint import hf_cache_dir
+
+        return str(hf_cache_dir())
+    except ImportError:
+        return os.environ.get("HF_HOME", "~/.cache/huggingface")
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: AppSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("settingsDialog")
+        self.setWindowTitle("Settings")
+        self._initial = settings
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 256)
+        self.threads.setSpecialValueText(f"automatic ({AppSettings(threads=0).effective_threads()})")
+        self.threads.setValue(settings.threads)
+        self.gpu_layers = QSpinBox()
+        self.gpu_layers.setRange(-1, 1000)
+        self.gpu_layers.setSpecialValueText("all")
+        self.gpu_layers.setValue(settings.gpu_layers)
+        self.gpu_reason = QLabel()
+        self.gpu_reason.setObjectName("hintLabel")
+        self.gpu_reason.setWordWrap(True)
+        backend = gpu_backend_name()
+        if backend is None:
+            self.gpu_layers.setValue(0)
+            self.gpu_layers.setEnabled(False)
+            self.gpu_layers.setToolTip(NO_GPU_REASON)
+            self.gpu_reason.setText(NO_GPU_REASON)
+        else:
+            self.gpu_reason.setText(f"GPU offload via {backend}; -1 (all) offloads every layer.")
+        self.context = QSpinBox()
+        self.context.setRange(256, 131072)
+        self.context.setSingleStep(1024)
+        self.context.setValue(settings.context_size)
+        engine = QGroupBox("Inference (applies to the next model loaded)")
+        f = QFormLayout(engine)
+        f.addRow("CPU threads", self.threads)
+        f.addRow("GPU layers", self.gpu_layers)
+        f.addRow("", self.gpu_reason)
+        f.addRow("Context size (tokens)", self.context)
+
+        folders = QGroupBox("Data folders")
+        ff = QFormLayout(folders)
+        for label, path in (("App data", str(paths.data_dir())), ("Models we made", str(paths.models_dir())),
+                            ("Chat history", str(paths.history_db())), ("Hugging Face cache", hf_cache())):
+            ff.addRow(label, self._folder_row(path))
+        self.extra_dirs = QListWidget()
+        self.extra_dirs.addItems(settings.extra_model_dirs)
+        self.extra_dirs.setMaximumHeight(80)
+        add = QPushButton("Add folder…")
+        add.clicked.connect(self._add_dir)
+        remove = QPushButton("Remove")
+        remove.clicked.connect(lambda: [self.extra_dirs.takeItem(self.extra_dirs.row(i))
+                                        for i in self.extra_dirs.selectedItems()])
+        row = QHBoxLayout()
+        row.addWidget(add)
+        row.addWidget(remove)
+        row.addStretch(1)
+        box = QVBoxLayout()
+        box.addWidget(self.extra_dirs)
+        box.addLayout(row)
+        ff.addRow("More GGUF folders", box)
+
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(engine)
+        lay.addWidget(folders)
+        lay.addWidget(buttons)
+        self.resize(640, 480)
+
+    @staticmethod
+    def _folder_row(path: str) -> QWidget:
+        w = QWidget()
+        lay = QHBoxLayout(w)
+        lay.setContentsMargins(0, 0, 0, 0)
+        label = QLabel(path)
+        label.setObjectName("pathLabel")
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        b = QPushButton("Open")
+        target = path if os.path.isdir(path) else os.path.dirname(path)
+        b.clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(target)))
+        lay.addWidget(label, 1)
+        lay.addWidget(b)
+        return w
+
+    def _add_dir(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "A folder with GGUF files")
+        if d:
+            self.extra_dirs.addItem(d)
+
+    def result_settings(self) -> AppSettings:
+        return dataclasses.replace(
+            self._initial, threads=self.threads.value(),
+            gpu_layers=self.gpu_layers.value() if self.gpu_layers.isEnabled() else 0,
+            context_size=self.context.value(),
+            extra_model_dirs=[self.extra_dirs.item(i).text() for i in range(self.extra_dirs.count())])
