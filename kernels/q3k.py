@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from .base import Kernel
-from .q2k import pack_2bit, unpack_2bit
+from .q2k import in_row_chunks, pack_2bit, unpack_2bit
 from .q23_search import clip_nearest, make_q3_quants_t, nearest_int, seq_sum
 from .qx_search import make_qx_quants
 
@@ -107,20 +107,21 @@ def _quantize_impl(xb: np.ndarray, qw: np.ndarray) -> np.ndarray:
     return _pack(L.reshape(nb, QK_K), scale_bytes, d16)
 
 
+def _quantize_chunk(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    rows, n = x.shape
+    xb = x.reshape(-1, QK_K)
+    if imatrix is None:
+        return _quantize_ref(xb)
+    qw = np.broadcast_to(imatrix.reshape(1, n // QK_K, QK_K), (rows, n // QK_K, QK_K)).reshape(-1, QK_K)
+    return _quantize_impl(xb, qw)
+
+
 class Q3_K(Kernel, qtype=QT.Q3_K, block_size=QK_K, type_size=110):
     uses_imatrix = True
 
     @classmethod
     def _quantize_rows(cls, x, imatrix):
-        rows, n = x.shape
-        xb = x.reshape(-1, QK_K)
-        with np.errstate(all="ignore"):            # ggml's inf/nan edge cases are reproduced, not reported
-            if imatrix is None:
-                out = _quantize_ref(xb)
-            else:
-                qw = np.broadcast_to(imatrix.reshape(1, n // QK_K, QK_K), (rows, n // QK_K, QK_K)).reshape(-1, QK_K)
-                out = _quantize_impl(xb, qw)
-        return out.reshape(rows, -1)
+        return in_row_chunks(x, imatrix, _quantize_chunk, cls.type_size)
 
     @classmethod
     @np.errstate(all="ignore")                      # an fp16 d of inf decodes to inf/nan, as in ggml

@@ -166,3 +166,81 @@ def test_search_helpers_follow_ggml_arithmetic() -> None:
     for g in range(0, x.shape[0], 37):
         s1, l1 = make_qp_quants(np.abs(x[g:g + 1]), 15, sw[g:g + 1])
         assert s1[0] == s_all[g] and np.array_equal(l1[0], l_all[g])
+
+
+def _nearest_int_scalar(v: np.float32) -> int:
+    return int((np.array([v], np.float32) + np.float32(12582912.0)).view(np.int32)[0] & 0x7FFFFF) - 0x400000
+
+
+def _make_qp_quants_scalar(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.float32, list[int]]:
+    """ggml's make_qp_quants transcribed line by line with float32 scalars (one group); L as uint8_t."""
+    f, n = np.float32, len(x)
+    mx = f(0)
+    for v in x:
+        mx = mx if mx > v else v
+    if mx < f(1e-15):
+        return f(0), [0] * n
+    iscale = f(nmax) / mx
+    L = [_nearest_int_scalar(iscale * x[i]) & 0xFF for i in range(n)]
+    scale = f(1) / iscale
+    best = f(0)
+    for i in range(n):
+        diff = x[i] - scale * f(L[i])
+        best = best + (qw[i] * diff) * diff
+    for s in [-4, -3, -2, -1, 1, 2, 3, 4]:
+        isc = (f(0.1) * f(s) + f(nmax)) / mx
+        sc = f(1) / isc
+        mse = f(0)
+        for i in range(n):
+            diff = x[i] - sc * f(min(nmax, _nearest_int_scalar(isc * x[i])))
+            mse = mse + (qw[i] * diff) * diff
+        if mse < best:
+            best, iscale = mse, isc
+    sumlx = suml2 = f(0)
+    for i in range(n):
+        l = min(nmax, _nearest_int_scalar(iscale * x[i]))
+        L[i] = l & 0xFF
+        sumlx = sumlx + (qw[i] * x[i]) * f(l)
+        suml2 = suml2 + (qw[i] * f(l)) * f(l)
+    for _ in range(5):
+        changed = 0
+        for i in range(n):
+            slx = sumlx - (qw[i] * x[i]) * f(L[i])
+            sl2 = suml2 - (qw[i] * f(L[i])) * f(L[i])
+            if slx > 0 and sl2 > 0:
+                new_l = min(nmax, _nearest_int_scalar((x[i] * sl2) / slx))
+                if new_l != L[i]:
+                    slx = slx + (qw[i] * x[i]) * f(new_l)
+                    sl2 = sl2 + (qw[i] * f(new_l)) * f(new_l)
+                    if (slx * slx) * suml2 > (sumlx * sumlx) * sl2:
+                        L[i], sumlx, suml2 = new_l & 0xFF, slx, sl2
+                        changed += 1
+        if not changed:
+            break
+    return (sumlx / suml2 if suml2 > 0 else f(0)), L
+
+
+def test_make_qp_quants_matches_a_literal_port() -> None:
+    """Also the path no ggml encoder reaches with real data: negative inputs (levels wrap as uint8_t)."""
+    rng = np.random.default_rng(11)
+    x = np.abs(rng.standard_normal((60, 16))).astype(np.float32)
+    x[20:40] -= np.float32(0.3)                        # some negative values
+    x[40:45] = 0.0
+    x[45:50] *= np.float32(1e-16)
+    qw = rng.random((60, 16)).astype(np.float32)
+    qw[50:55, :8] = 0.0
+    scale, L = make_qp_quants(x, 15, qw)
+    for g in range(x.shape[0]):
+        s1, l1 = _make_qp_quants_scalar(x[g], 15, qw[g])
+        assert scale[g].view(np.uint32) == np.float32(s1).view(np.uint32), g
+        assert L[g].tolist() == l1, g
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_row_chunks(qtype: QT, monkeypatch) -> None:
+    import kernels.q2k
+
+    monkeypatch.setattr(kernels.q2k, "CHUNK_WEIGHTS", 3 * N)        # 3 rows per chunk, a short last chunk
+    x = np.ascontiguousarray(np.concatenate([CASES["special"], CASES["student_t2"][:5]]))
+    for im in (None, IMATRICES["zeros"]):
+        _assert_same_blocks(kernels.quantize(x, qtype, imatrix=im, threads=1), ggml_quantize(x, qtype, im), qtype)
