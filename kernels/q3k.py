@@ -78,6 +78,7 @@ def _quantize_ref(xb: np.ndarray) -> np.ndarray:
     scales, lt = make_q3_quants_t(xt, 4, True)
     scales = scales.reshape(nb, 16)
     a = np.abs(scales)
+    a[np.isnan(a)] = _F0                        # NaN (from x^3 overflowing, |x| > ~7e12) is never '>' amax
     idx = a.argmax(axis=1)                      # first group with the largest |scale| (ggml's strict '>')
     rows = np.arange(nb)
     max_scale = np.where(a[rows, idx] > _F0, scales[rows, idx], _F0)

@@ -18,8 +18,9 @@ N = 1024  # four super-blocks per row
 def _cases() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(2323)
     c: dict[str, np.ndarray] = {}
-    for scale in (1e-7, 1e-5, 1e-3, 0.02, 1.0, 300.0, 1e6):   # 1e-7/1e-5: fp16 d underflows / is subnormal;
-        c[f"normal*{scale:g}"] = rng.standard_normal((16, N)) * scale   # 1e6: fp16 d overflows to inf
+    # 1e-7/1e-5: fp16 d underflows / is subnormal; 1e6: fp16 d overflows to inf; 1e15: x^3 overflows (NaN sums)
+    for scale in (1e-7, 1e-5, 1e-3, 0.02, 1.0, 300.0, 1e6, 1e15):
+        c[f"normal*{scale:g}"] = rng.standard_normal((16, N)) * scale
     c["student_t2"] = rng.standard_t(2, (24, N))
     c["student_t1"] = rng.standard_t(1, (16, N)) * 0.05      # Cauchy: huge outliers in most blocks
     c["tiny_1e-15"] = rng.standard_normal((8, N)) * 1e-15     # groups on both sides of GROUP_MAX_EPS
