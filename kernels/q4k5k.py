@@ -26,20 +26,52 @@ from .base import Kernel
 from .kquant_search import F32, make_qp_quants, nearest_int, qkx_search_t, seq_sum0
 
 QK_K = 256
+_U4 = np.uint8(4)  # numpy scalars keep uint8 shifts on numpy's fast path
 
 
-def _sub_blocks_t(x: np.ndarray) -> np.ndarray:
-    """(rows, n) -> transposed sub-blocks (32, n_sub): column k holds values 32k .. 32k+31 of the flat data."""
-    return np.ascontiguousarray(x.reshape(-1, 32).T)
-
-
-def _ref_search(xt: np.ndarray, nmax: int, rmin: float, nstep: int):
-    """quantize_row_q*_K_ref's per-sub-block search: weights av_x + |x|, av_x = sqrt(sum x^2 / 32)."""
-    sum_x2 = seq_sum0(xt * xt)
-    av_x = np.sqrt(sum_x2 / F32(32))
+def _ref_weights(xt: np.ndarray, k0: int, ctx) -> np.ndarray:
+    """quantize_row_q*_K_ref's weights: av_x + |x| with av_x = sqrt(sum x^2 / 32) of the sub-block."""
+    av_x = np.sqrt(seq_sum0(xt * xt) / F32(32))
     wt = np.abs(xt)
     wt += av_x
-    return qkx_search_t(xt, wt, nmax, rmin, 0.1, nstep, False)
+    return wt
+
+
+def _impl_weights(xt: np.ndarray, k0: int, ctx) -> np.ndarray:
+    """quantize_row_q*_K_impl's weights: qw * sqrt(sigma2 + x^2), sigma2 = 2 * sum x^2 / 256 of the super-block."""
+    x, qw = ctx                                           # x (n_sub, 32) of the whole chunk, qw (n_sub, 32)
+    k1 = k0 + xt.shape[1]
+    xs = np.ascontiguousarray(x[k0:k1].reshape(-1, QK_K).T)    # (256, n_super): the super-block's order
+    sigma2 = F32(2) * seq_sum0(xs * xs) / F32(QK_K)
+    wt = xt * xt
+    wt += np.repeat(sigma2, 8)
+    np.sqrt(wt, out=wt)
+    wt *= qw[k0:k1].T
+    return wt
+
+
+# Sub-blocks per search working set: the search's (32, n) float32 temporaries (about eight, 1 MiB each)
+# stay near the core, and numpy's per-call overhead is spread over enough values.
+SEARCH_SUB_BLOCKS = 8192
+
+
+def _search(xs: np.ndarray, weights, ctx, nmax: int, rmin: float, rdelta: float, nstep: int, qkx3: bool):
+    """Run the sub-block search over ``xs`` (n_sub, 32) in cache-sized pieces.
+
+    Returns scales, mins, sum of weights per sub-block (n_sub,) and the search's levels (n_sub, 32) uint8.
+    """
+    nsub = xs.shape[0]
+    scales, mins, sw = (np.empty(nsub, F32) for _ in range(3))
+    lev = np.empty((nsub, 32), np.uint8)
+    for k0 in range(0, nsub, SEARCH_SUB_BLOCKS):
+        xt = np.ascontiguousarray(xs[k0:k0 + SEARCH_SUB_BLOCKS].T)
+        wt = weights(xt, k0, ctx)
+        k1 = k0 + xt.shape[1]
+        if qkx3:
+            sw[k0:k1] = seq_sum0(wt)
+        scales[k0:k1], mins[k0:k1], lt = qkx_search_t(xt, wt, nmax, rmin, rdelta, nstep, False)
+        lev[k0:k1] = lt.T
+    return scales, mins, sw, lev
 
 
 def _max_from_zero(v: np.ndarray) -> np.ndarray:
@@ -84,60 +116,43 @@ def _unpack_scales(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d, m
 
 
-def _final_levels(xt, lt, sc, m, d16, dmin16, nmax):
-    """Re-quantize each sub-block with the stored (fp16, 6-bit) scale and min; a zero scale keeps the search's L."""
-    d = d16.astype(F32)[:, None] * sc.astype(F32)           # (n_super, 8)
-    dm = dmin16.astype(F32)[:, None] * m.astype(F32)
-    d = d.reshape(-1)
-    dm = dm.reshape(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = nearest_int((xt + dm) / d)
-    np.clip(q, 0, nmax, out=q)
-    keep = d == 0
-    if keep.any():
-        q[:, keep] = lt[:, keep]
-    return q.astype(np.uint8)
+def _final_levels(xs, lev, sc, m, d16, dmin16, nmax):
+    """Re-quantize each sub-block with the stored (fp16, 6-bit) scale and min; a zero scale keeps the search's L.
 
-
-def _impl_search(x: np.ndarray, imatrix: np.ndarray, nmax: int):
-    """quantize_row_q*_K_impl's search.  Returns xt, L, ls, lm (8-bit, as ggml stores them), d, dmin."""
-    rows, n = x.shape
-    xs = np.ascontiguousarray(x.reshape(-1, QK_K).T)         # (256, n_super)
-    sum_x2 = seq_sum0(xs * xs)
-    sigma2 = F32(2) * sum_x2 / F32(QK_K)
-    xt = _sub_blocks_t(x)                                    # (32, n_sub)
-    nsub = xt.shape[1]
-    qw = np.broadcast_to(imatrix.reshape(-1, 32), (rows, n // 32, 32)).reshape(nsub, 32).T
-    sig = np.repeat(sigma2, 8)
-    wt = qw * np.sqrt(sig + xt * xt)
-    sw = seq_sum0(wt)
-    scales, mins, lt = qkx_search_t(xt, wt, nmax, -0.9, 0.05, 36, False)
-    sw8 = np.ascontiguousarray(sw.reshape(-1, 8).T)
-    d_block, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(-1, 8).T), 63, sw8)
-    m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(-1, 8).T), 63, sw8)
-    return xt, lt, ls.T, lm.T, d_block.astype(np.float16), m_block.astype(np.float16)
+    ``xs`` (n_sub, 32) float32, ``lev`` the search's levels (n_sub, 32); returns uint8 (n_sub, 32).
+    """
+    d = (d16.astype(F32)[:, None] * sc.astype(F32)).reshape(-1, 1)
+    dm = (dmin16.astype(F32)[:, None] * m.astype(F32)).reshape(-1, 1)
+    q = nearest_int((xs + dm) / d)
+    np.clip(q, np.int32(0), np.int32(nmax), out=q)
+    q = q.astype(np.uint8)
+    keep = np.flatnonzero(d[:, 0] == 0)
+    q[keep] = lev[keep]
+    return q
 
 
 def _encode(x: np.ndarray, imatrix: np.ndarray | None, nmax: int, rmin: float, nstep: int, cap63: bool):
     """Shared Q4_K/Q5_K encoder: returns d, dmin (fp16), scales[12], final levels L (n_super, 256) uint8."""
     # overflow/invalid/zero division happen exactly where they happen in ggml (huge or subnormal blocks)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _encode_body(x, imatrix, nmax, rmin, nstep, cap63)
-
-
-def _encode_body(x, imatrix, nmax, rmin, nstep, cap63):
-    if imatrix is None:
-        xt = _sub_blocks_t(x)
-        scales, mins, lt = _ref_search(xt, nmax, rmin, nstep)
-        ls, lm, d, dmin = _ref_scales(scales.reshape(-1, 8), mins.reshape(-1, 8))
-    else:
-        xt, lt, ls, lm, d, dmin = _impl_search(x, imatrix, nmax)
-        if cap63:  # quantize_row_q5_K_impl clamps to 63, q4_K's does not
-            ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
-    packed = _pack_scales(ls, lm)
-    sc, m = _unpack_scales(packed)
-    q = _final_levels(xt, lt, sc, m, d, dmin, nmax)
-    return d, dmin, packed, q.T.reshape(-1, QK_K)
+        xs = x.reshape(-1, 32)
+        if imatrix is None:
+            scales, mins, _, lev = _search(xs, _ref_weights, None, nmax, rmin, 0.1, nstep, False)
+            ls, lm, d, dmin = _ref_scales(scales.reshape(-1, 8), mins.reshape(-1, 8))
+        else:
+            qw = np.tile(imatrix.reshape(-1, 32), (x.shape[0], 1))
+            scales, mins, sw, lev = _search(xs, _impl_weights, (xs, qw), nmax, -0.9, 0.05, 36, True)
+            sw8 = np.ascontiguousarray(sw.reshape(-1, 8).T)
+            d_block, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(-1, 8).T), 63, sw8)
+            m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(-1, 8).T), 63, sw8)
+            ls, lm = ls.T, lm.T
+            d, dmin = d_block.astype(np.float16), m_block.astype(np.float16)
+            if cap63:  # quantize_row_q5_K_impl clamps to 63, q4_K's does not
+                ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+        packed = _pack_scales(ls, lm)
+        sc, m = _unpack_scales(packed)
+        q = _final_levels(xs, lev, sc, m, d, dmin, nmax)
+    return d, dmin, packed, q.reshape(-1, QK_K)
 
 
 def _header(d, dmin, packed, nsuper: int) -> np.ndarray:
@@ -148,17 +163,37 @@ def _header(d, dmin, packed, nsuper: int) -> np.ndarray:
     return head
 
 
+# Values per encoder call: large enough that make_qp_quants' short loops over the eight sub-blocks of a
+# super-block run on long vectors, small enough that the call's full-size temporaries stay modest.
+VALUES_PER_CHUNK = 1 << 21
+
+
+def _in_chunks(x: np.ndarray, imatrix: np.ndarray | None, encode, type_size: int) -> np.ndarray:
+    rows, n = x.shape
+    step = max(1, VALUES_PER_CHUNK // n)
+    if rows <= step:
+        return encode(x, imatrix)
+    out = np.empty((rows, n // QK_K * type_size), np.uint8)
+    for r0 in range(0, rows, step):
+        out[r0:r0 + step] = encode(x[r0:r0 + step], imatrix)
+    return out
+
+
 class Q4_K(Kernel, qtype=QT.Q4_K, block_size=QK_K, type_size=144):
     uses_imatrix = True
 
     @classmethod
     def _quantize_rows(cls, x, imatrix):
+        return _in_chunks(x, imatrix, cls._quantize_chunk, cls.type_size)
+
+    @classmethod
+    def _quantize_chunk(cls, x, imatrix):
         d, dmin, packed, q = _encode(x, imatrix, 15, -1.0, 20, False)
         nsuper = q.shape[0]
         q = q.reshape(nsuper, 4, 2, 32)
         out = np.empty((nsuper, 144), np.uint8)
         out[:, :16] = _header(d, dmin, packed, nsuper)
-        out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(nsuper, 128)
+        out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << _U4)).reshape(nsuper, 128)
         return out.reshape(x.shape[0], -1)
 
     @classmethod
@@ -173,18 +208,22 @@ class Q5_K(Kernel, qtype=QT.Q5_K, block_size=QK_K, type_size=176):
 
     @classmethod
     def _quantize_rows(cls, x, imatrix):
+        return _in_chunks(x, imatrix, cls._quantize_chunk, cls.type_size)
+
+    @classmethod
+    def _quantize_chunk(cls, x, imatrix):
         d, dmin, packed, q = _encode(x, imatrix, 31, -0.5, 15, True)
         nsuper = q.shape[0]
         q = q.reshape(nsuper, 8, 32)
-        hi = (q >> 4).astype(np.uint8)
+        hi = q >> _U4
         qh = np.zeros((nsuper, 32), np.uint8)
         for j in range(8):
-            qh |= hi[:, j] << j
-        lo = (q & 0xF).reshape(nsuper, 4, 2, 32)
+            qh |= hi[:, j] << np.uint8(j)
+        lo = (q & np.uint8(0xF)).reshape(nsuper, 4, 2, 32)
         out = np.empty((nsuper, 176), np.uint8)
         out[:, :16] = _header(d, dmin, packed, nsuper)
         out[:, 16:48] = qh
-        out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(nsuper, 128)
+        out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << _U4)).reshape(nsuper, 128)
         return out.reshape(x.shape[0], -1)
 
     @classmethod
