@@ -5,7 +5,7 @@
 
 Prints million weights per second for ours at 1 thread and at all threads, ggml at 1 thread, and the ratio
 ours(1 thread) / ggml.  Goal (issue 2): ratio >= 1.0 for Q4_K, Q5_K, Q6_K and Q8_0.  Each figure is the best of
-``--repeat`` runs (the machine may be shared).  ggml's output is compared with ours as a sanity check.
+``--repeat`` interleaved runs (the machine may be shared).  ggml's output is compared with ours as a sanity check.
 """
 from __future__ import annotations
 
@@ -27,13 +27,24 @@ ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K
 GOAL_TYPES = {"Q4_K", "Q5_K", "Q6_K", "Q8_0"}
 
 
-def best_time(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
+def measure(x: np.ndarray, qt, imatrix, ncpu: int, repeat: int, threads: bool) -> tuple[float, float, float, bool]:
+    """Best-of-``repeat`` seconds for ours (1 thread), ours (all threads) and ggml, the runs interleaved so that
+    load from other processes hits all three alike."""
+    t1 = tn = tg = float("inf")
+    same = True
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        ours = kernels.quantize(x, qt, imatrix=imatrix, threads=1)
+        t1 = min(t1, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref = ggml_quantize(x, qt, imatrix)
+        tg = min(tg, time.perf_counter() - t0)
+        same = same and np.array_equal(ours, ref)
+        if threads:
+            t0 = time.perf_counter()
+            kernels.quantize(x, qt, imatrix=imatrix, threads=ncpu)
+            tn = min(tn, time.perf_counter() - t0)
+    return t1, tn, tg, same
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,13 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'type':6} {'ours 1T':>10} {f'ours {ncpu}T':>10} {'ggml 1T':>10} {'ours/ggml':>10}  same bytes")
     for name in [t.strip().upper() for t in args.types.split(",") if t.strip()]:
         qt = kernels.GGMLQuantizationType[name]
-        t1, ours = best_time(lambda: kernels.quantize(x, qt, imatrix=imatrix, threads=1), args.repeat)
-        tn = float("nan") if args.skip_threads else best_time(
-            lambda: kernels.quantize(x, qt, imatrix=imatrix, threads=ncpu), args.repeat)[0]
-        tg, ref = best_time(lambda: ggml_quantize(x, qt, imatrix), args.repeat)
-        same = "yes" if np.array_equal(ours, ref) else "NO"
+        t1, tn, tg, same = measure(x, qt, imatrix, ncpu, args.repeat, not args.skip_threads)
         goal = "  (goal >= 1.0)" if name in GOAL_TYPES else ""
-        print(f"{name:6} {mw / t1:10.1f} {mw / tn:10.1f} {mw / tg:10.1f} {tg / t1:9.2f}x  {same}{goal}")
+        print(f"{name:6} {mw / t1:10.1f} {mw / tn:10.1f} {mw / tg:10.1f} {tg / t1:9.2f}x  "
+              f"{'yes' if same else 'NO'}{goal}", flush=True)
     print("figures: million weights per second")
     return 0
 

@@ -19,7 +19,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from .base import Kernel
-from .qx_search import make_qkx3_quants, make_qx_quants
+from .qx_search import make_qkx3_quants, make_qx_quants, seq_sum0
 
 F32 = np.float32
 _CHUNK_BLOCKS = 2048
@@ -106,7 +106,7 @@ def _each_chunk(x: np.ndarray, type_size: int, encode) -> np.ndarray:
 def _row_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
     """``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2 = (sequential sum of x^2) / n_per_row``."""
     xt = np.ascontiguousarray(x.T)
-    sigma2 = np.add.reduce(xt * xt, axis=0, initial=F32(0)) / F32(x.shape[1])
+    sigma2 = seq_sum0(xt * xt) / F32(x.shape[1])
     w = x * x
     w += sigma2[:, None]
     np.sqrt(w, out=w)

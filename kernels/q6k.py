@@ -27,8 +27,8 @@ QK_K = 256
 def _requantize(xg: np.ndarray, L: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """From group scales (nb, 16): d (fp16), int8 scales, and L redone with the rounded scales."""
     nb = scales.shape[0]
-    # fabsf(NaN) > max_abs is false in ggml: a NaN scale (from overflowed sums at |x| > ~1e12) never wins.
-    amax, max_scale = signed_absmax(np.ascontiguousarray(np.where(np.isnan(scales), F32(0), scales).T))
+    # (a NaN scale, from sums that overflowed at |x| > ~1e12, never wins: signed_absmax skips NaN like ggml)
+    amax, max_scale = signed_absmax(np.ascontiguousarray(scales.T))
     zero = amax < GROUP_MAX_EPS
     max_scale[zero] = 1  # placeholder; zero super-blocks are written as all-zero bytes
     iscale = F32(-128) / max_scale

@@ -1,8 +1,8 @@
 """ggml's per-group scale searches (``make_qx_quants``, ``make_qkx3_quants``), vectorised across groups.
 
 Both work on a *transposed* chunk ``xt`` of shape ``(n, m)``: row ``i`` holds element ``i`` of ``m`` groups, so
-ggml's sequential per-group sums ``s += t[i]`` become ``np.add.reduce(t, axis=0)`` (numpy accumulates row by row
-along a non-contiguous axis, i.e. in exactly ggml's order; tests check this against an explicit loop) and every
+ggml's sequential per-group sums ``s += t[i]`` become ``seq_sum0(t)`` (numpy accumulates row by row along a
+non-contiguous axis, i.e. in exactly ggml's order; tests check this against an explicit loop) and every
 other step is one whole-array float32 ufunc.  Chunks keep the working set in L2.
 """
 from __future__ import annotations
@@ -22,12 +22,29 @@ def _chunks(nb: int, n: int) -> tuple[range, int]:
     return range(0, nb, step), step
 
 
+def seq_sum0(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """ggml's ``float s = 0; for (i) s += a[i]`` over axis 0 of a 2-D ``a``, for each column.
+
+    numpy reduces a non-contiguous axis row after row; but with a single column the reduced axis becomes the
+    contiguous one and numpy would sum it pairwise, so that case accumulates explicitly."""
+    if a.shape[1] > 1:
+        return np.add.reduce(a, axis=0, out=out, initial=F32(0))
+    r = np.add.accumulate(a, axis=0)[-1] + F32(0)  # + 0: ggml starts from +0.0 (all -0.0 terms sum to +0.0)
+    if out is None:
+        return r
+    out[...] = r
+    return out
+
+
 def signed_absmax(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per column of ``xt``: ``(amax, max)`` as ggml's ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``
     starting from ``amax = max = 0`` computes them: ``max`` is the first value of largest magnitude (+0 if all
     values are zero)."""
     pos = xt.max(axis=0)
     neg = xt.min(axis=0)
+    if np.isnan(pos).any():  # fabsf(NaN) > amax is false: NaN never wins, like 0 (scales can be NaN)
+        xt = np.where(np.isnan(xt), F32(0), xt)
+        pos, neg = xt.max(axis=0), xt.min(axis=0)
     nneg = -neg
     amax = np.maximum(pos, nneg)
     mx = np.where(nneg > pos, neg, pos)
@@ -162,10 +179,10 @@ def _trial_sums(xt, w, isc, nmax):
             np.rint(tc, out=tc)
             _clip(tc, lo, hi, out=tc)
             np.multiply(wxc, tc, out=pc)
-            np.add.reduce(pc, axis=0, out=s_lx, initial=F32(0))
+            seq_sum0(pc, out=s_lx)
             np.multiply(wc, tc, out=pc)
             pc *= tc
-            np.add.reduce(pc, axis=0, out=s_l2, initial=F32(0))
+            seq_sum0(pc, out=s_l2)
     return sums
 
 
@@ -232,8 +249,8 @@ def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
     # Mirrors ggml step by step; note that ``min`` is updated inside the search and feeds later steps.
     mn = first_min(xt)
     mx = xt.max(axis=0)
-    sum_w = np.add.reduce(w, axis=0)
-    sum_x = np.add.reduce(w * xt, axis=0)
+    sum_w = seq_sum0(w)  # ggml starts these from element 0, not +0: the same sums
+    sum_x = seq_sum0(w * xt)
     mn = np.where(mn > 0, F32(0), mn)
     flat = mx <= mn
     lo, hi = 0.0, float(nmax)
@@ -250,10 +267,10 @@ def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
         isc = (rmin + rdelta * F32(i_s) + F32(nmax)) / rng
         lf = _levels_guarded(xt - mn, isc, span, lo, hi, t)
         np.multiply(w, lf, out=tmp)
-        sum_l = np.add.reduce(tmp, axis=0, initial=F32(0))
-        sum_xl = np.add.reduce(tmp * xt, axis=0, initial=F32(0))
+        sum_l = seq_sum0(tmp)
+        sum_xl = seq_sum0(tmp * xt)
         tmp *= lf
-        sum_l2 = np.add.reduce(tmp, axis=0, initial=F32(0))
+        sum_l2 = seq_sum0(tmp)
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = (D > 0) & ~flat
         if not ok.any():
@@ -300,4 +317,4 @@ def _mad(scale, mn, lf, xt, w, use_mad, tmp):
     else:
         tmp *= tmp
     tmp *= w
-    return np.add.reduce(tmp, axis=0, initial=F32(0))
+    return seq_sum0(tmp)
