@@ -196,3 +196,95 @@ def test_nearest_int_is_ggml_bit_trick() -> None:
     v = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 3.49, -7.51, 4194303.0], np.float32)
     np.testing.assert_array_equal(nearest_int(v), [0, 2, 2, 0, -2, 3, -8, 4194303])
     assert nearest_int(np.array([np.inf], np.float32))[0] == -4194304
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_smollm2_weights_equal_ggml(qtype: QT, smollm2_checkpoint) -> None:
+    # the real model's ffn_down (1536 wide, the only SmolLM2 tensor llama.cpp gives k-quants), half of its rows
+    from safetensors import safe_open
+
+    with safe_open(str(smollm2_checkpoint / "model.safetensors"), "np") as f:
+        w = f.get_tensor("model.layers.3.mlp.down_proj.weight")[::2].astype(np.float32)
+    qw = np.random.default_rng(7).gamma(0.5, 2.0, w.shape[1]).astype(np.float32)
+    for im in (None, qw):
+        _assert_same_blocks(kernels.quantize(w, qtype, imatrix=im, threads=1), ggml_quantize(w, qtype, im), qtype)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_chunking_does_not_change_bytes(qtype: QT, monkeypatch) -> None:
+    # tiny chunks: many encoder calls, many search pieces, each with its own clamping decisions
+    import kernels.q4k5k as q4k5k
+
+    monkeypatch.setattr(q4k5k, "SEARCH_SUB_BLOCKS", 24)
+    monkeypatch.setattr(q4k5k, "VALUES_PER_CHUNK", 3 * N)
+    x = np.concatenate([CASES["student_t2"][:6], CASES["special"], CASES["positive"][:2]])
+    for im in (None, IMATRICES["zeros"]):
+        _assert_same_blocks(kernels.quantize(x, qtype, imatrix=im, threads=1), ggml_quantize(x, qtype, im), qtype)
+
+
+def _scalar_qp(x, w, nmax):
+    """ggml make_qp_quants transcribed with numpy float32 scalars (one group); L as uint8, as ggml stores it."""
+    f = np.float32
+
+    def ni(v):
+        return int(nearest_int(np.array([v], f))[0])
+
+    mx = f(0)
+    for v in x:
+        mx = mx if mx > v else v
+    if mx < f(1e-15):
+        return f(0), np.zeros(len(x), np.uint8)
+    iscale = f(nmax) / mx
+    lv = [ni(iscale * v) & 0xFF for v in x]
+    scale = f(1) / iscale
+    best = f(0)
+    for i in range(len(x)):
+        diff = x[i] - scale * f(lv[i])
+        best += w[i] * diff * diff
+    for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+        isc = (f(0.1) * f(step) + f(nmax)) / mx
+        sc, mse = f(1) / isc, f(0)
+        for i in range(len(x)):
+            diff = x[i] - sc * f(min(nmax, ni(isc * x[i])))
+            mse += w[i] * diff * diff
+        if mse < best:
+            best, iscale = mse, isc
+    sumlx = suml2 = f(0)
+    for i in range(len(x)):
+        li = min(nmax, ni(iscale * x[i]))
+        lv[i] = li & 0xFF
+        sumlx += w[i] * x[i] * f(li)
+        suml2 += w[i] * f(li) * f(li)
+    for _ in range(5):
+        changed = 0
+        for i in range(len(x)):
+            slx = sumlx - w[i] * x[i] * f(lv[i])
+            sl2 = suml2 - w[i] * f(lv[i]) * f(lv[i])
+            if slx > 0 and sl2 > 0:
+                new_l = min(nmax, ni(x[i] * sl2 / slx))
+                if new_l != lv[i]:
+                    slx += w[i] * x[i] * f(new_l)
+                    sl2 += w[i] * f(new_l) * f(new_l)
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        lv[i], sumlx, suml2 = new_l & 0xFF, slx, sl2
+                        changed += 1
+        if not changed:
+            break
+    return (sumlx / suml2 if suml2 > 0 else f(0)), np.array(lv, np.uint8)
+
+
+def test_make_qp_quants_matches_scalar_transcription() -> None:
+    from kernels.kquant_search import make_qp_quants
+
+    rng = np.random.default_rng(11)
+    x = (rng.gamma(2.0, 1.0, (8, 40)) * rng.uniform(1e-3, 10, 40)).astype(np.float32)
+    x[:, 5] = 0.0                                     # all zero: scale 0
+    x[3, 6] = -0.7 * x[:, 6].max()                    # a negative value: its level wraps modulo 256
+    x[:, 7] = 1e-16                                   # below GROUP_MAX_EPS
+    w = rng.uniform(0, 3, (8, 40)).astype(np.float32)
+    w[:, 8] = 0.0                                     # zero weights
+    scale, lv = make_qp_quants(x, 63, w)
+    for b in range(x.shape[1]):
+        s_ref, l_ref = _scalar_qp(x[:, b], w[:, b], 63)
+        assert scale[b] == s_ref, b
+        np.testing.assert_array_equal(lv[:, b], l_ref)
