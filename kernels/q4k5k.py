@@ -50,8 +50,7 @@ def _impl_weights(xt: np.ndarray, k0: int, ctx) -> np.ndarray:
     return wt
 
 
-# Sub-blocks per search working set: the search's (32, n) float32 temporaries (about eight, 1 MiB each)
-# stay near the core, and numpy's per-call overhead is spread over enough values.
+# Sub-blocks per search piece (see kquant_search.SEARCH_VALUES); the weights are made piece by piece too.
 SEARCH_SUB_BLOCKS = 8192
 
 

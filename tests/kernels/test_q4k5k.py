@@ -210,13 +210,18 @@ def test_smollm2_weights_equal_ggml(qtype: QT, smollm2_checkpoint) -> None:
         _assert_same_blocks(kernels.quantize(w, qtype, imatrix=im, threads=1), ggml_quantize(w, qtype, im), qtype)
 
 
+@pytest.mark.parametrize("pieces", ["encoder", "search"])
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_chunking_does_not_change_bytes(qtype: QT, monkeypatch) -> None:
-    # tiny chunks: many encoder calls, many search pieces, each with its own clamping decisions
+def test_chunking_does_not_change_bytes(qtype: QT, pieces: str, monkeypatch) -> None:
+    # tiny chunks: many encoder calls / many search pieces, each with its own clamping decisions
+    import kernels.kquant_search as kquant_search
     import kernels.q4k5k as q4k5k
 
-    monkeypatch.setattr(q4k5k, "SEARCH_SUB_BLOCKS", 24)
-    monkeypatch.setattr(q4k5k, "VALUES_PER_CHUNK", 3 * N)
+    if pieces == "encoder":
+        monkeypatch.setattr(q4k5k, "SEARCH_SUB_BLOCKS", 24)
+        monkeypatch.setattr(q4k5k, "VALUES_PER_CHUNK", 3 * N)
+    else:
+        monkeypatch.setattr(kquant_search, "SEARCH_VALUES", 32 * 256)   # pieces of 256 sub-blocks
     x = np.concatenate([CASES["student_t2"][:6], CASES["special"], CASES["positive"][:2]])
     for im in (None, IMATRICES["zeros"]):
         _assert_same_blocks(kernels.quantize(x, qtype, imatrix=im, threads=1), ggml_quantize(x, qtype, im), qtype)
