@@ -8,8 +8,15 @@ Layout: the cores work on *transposed* data ``(n, n_blocks)`` (element index fir
 (numpy only sums pairwise along the contiguous last axis).  The public wrappers take ``(n_blocks, n)``.
 
 Rounding: ggml's ``nearest_int`` adds 1.5*2^23 and reads the mantissa, i.e. round-half-even for
-``|v| < 2^22`` and garbage (reproduced by :func:`nearest_int`) beyond; inside the searches the argument is
-``iscale*(x - min)`` in ``[0, nmax + 2]`` whenever ``iscale`` is finite, so ``np.rint`` is used there.
+``|v| < 2^22`` and garbage (reproduced by :func:`nearest_int`) beyond.  Inside the searches the argument
+``iscale*(x - min)`` stays within a few units of ``[0, nmax]`` for finite ranges, so ``np.rint`` is used
+there; blocks that could leave that range (subnormal or overflowing ranges) switch to the bit trick.
+
+A quirk the port keeps: make_qkx2/3_quants overwrite ``min`` whenever a step wins, and the later steps
+quantize ``x - min`` and divide by ``max - min`` with that new min, so the steps are sequential per block.
+Speed: the search streams about sixteen (n, nb) float32 passes per step through numpy, so the work is cut
+into cache-sized pieces (:data:`SEARCH_VALUES`) and everything per block (sums, scales, choices) is done
+on (nb,) vectors.
 """
 from __future__ import annotations
 
