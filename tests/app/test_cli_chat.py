@@ -1,0 +1,121 @@
+"""``distilldesk chat`` end to end on the real SmolLM2 model."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.commands.chat import THINKING, Printer
+from app.core.engine import Engine, SamplingSettings
+from app.core.history import History
+from app.core.thinking import ThinkingParser
+
+ROOT = Path(__file__).resolve().parents[2]
+TRANSCRIPTS = Path(__file__).resolve().parent.parent / "data" / "transcripts"
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:  # TEMP until quantizer.convert lands
+    from app.core.demo import demo_gguf_path
+    return demo_gguf_path()
+
+
+def _greedy_reference(model_path, messages, max_tokens):
+    with Engine(model_path, n_ctx=512, n_threads=2) as e:
+        return e.chat(messages, settings=SamplingSettings(greedy=True, max_tokens=max_tokens))
+
+
+def test_one_prompt_prints_the_answer_and_stats_and_saves_history(model_path, capsys):
+    rc = main(["chat", str(model_path), "--prompt", QUESTION, "--greedy", "--max-tokens", "30", "--ctx", "512",
+               "--threads", "2", "--system", "Answer briefly."])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    ref = _greedy_reference(model_path, [{"role": "system", "content": "Answer briefly."},
+                                         {"role": "user", "content": QUESTION}], 30)
+    assert out == ref.answer + "\n"
+    assert "generated" in err and "tok/s" in err and "first token after" in err
+    with History() as h:
+        (conv,) = h.conversations()
+        msgs = h.messages(conv.id)
+    assert [(m.role, m.content) for m in msgs] == [("system", "Answer briefly."), ("user", QUESTION),
+                                                  ("assistant", ref.answer)]
+    assert msgs[-1].stats["generated_tokens"] == ref.stats.generated_tokens
+    assert msgs[-1].stats["finish_reason"] == ref.finish_reason
+    assert conv.model_path == str(model_path) and conv.settings["greedy"] is True
+
+
+def test_interactive_multi_turn_from_stdin(model_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTION}\n\n/new\nHi!\nName a colour.\n/quit\nignored\n"))
+    rc = main(["chat", str(model_path), "--greedy", "--max-tokens", "16", "--ctx", "512", "--threads", "2",
+               "--no-history"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "[new conversation]" in err and err.count("tok/s") >= 3
+    # the same calls on one engine (llama.cpp is not batch-invariant, so the KV cache history matters)
+    greedy = SamplingSettings(greedy=True, max_tokens=16)
+    with Engine(model_path, n_ctx=512, n_threads=2) as e:
+        first = e.chat([{"role": "user", "content": QUESTION}], settings=greedy)
+        hi = e.chat([{"role": "user", "content": "Hi!"}], settings=greedy)
+        colour = e.chat([{"role": "user", "content": "Hi!"}, hi.as_message(),
+                         {"role": "user", "content": "Name a colour."}], settings=greedy)
+    assert out == f"{first.answer}\n{hi.answer}\n{colour.answer}\n"   # /new forgot the first exchange
+    with History() as h:
+        assert h.conversations() == []                               # --no-history
+
+
+def test_ctrl_c_stops_the_reply_not_the_program(model_path, tmp_path):
+    env = {**os.environ, "DISTILLDESK_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "chat", str(model_path), "--greedy", "--ctx", "512",
+                             "--max-tokens", "100", "--threads", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(b"Write a very long story about a lighthouse keeper.\n")
+        proc.stdin.flush()
+        assert proc.stdout.read(1)               # the reply has started streaming
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write(b"Thanks!\n/quit\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err_text = err.decode()
+    assert proc.returncode == 0, err_text
+    assert "[stopped]" in err_text and err_text.count(" generated (") == 2   # the second message got its reply too
+    with History(tmp_path / "data" / "history.sqlite3") as h:
+        (conv,) = h.conversations()
+        msgs = h.messages(conv.id)
+    assert [m.role for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[1].stats["finish_reason"] == "cancelled" and msgs[1].stats["generated_tokens"] < 100
+
+
+def test_bad_model_file_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "x.gguf"
+    bad.write_text("not a model")
+    assert main(["chat", str(bad), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distilldesk: error: x.gguf is not a GGUF file") and err.count("\n") == 1
+
+
+def test_printer_shows_reasoning_apart_from_the_answer():
+    out, err = io.StringIO(), io.StringIO()
+    printer = Printer(out, err)
+    text = (TRANSCRIPTS / "r1_arithmetic.txt").read_text(encoding="utf-8")
+    parser = ThinkingParser()
+    for i in range(0, len(text), 3):
+        for seg in parser.feed(text[i:i + 3]):
+            printer(seg)
+    for seg in parser.flush():
+        printer(seg)
+    res = parser.finish()
+    assert out.getvalue() == res.answer
+    reasoning_lines = err.getvalue().rstrip("\n").split("\n")
+    assert reasoning_lines[0].startswith(THINKING + "Okay, so I need")
+    assert all(line.startswith(THINKING) or line == "" for line in reasoning_lines)
+    assert "\n".join(line.removeprefix(THINKING) for line in reasoning_lines) == res.reasoning
