@@ -18,15 +18,14 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from .base import Kernel
-from .qx_search import GROUP_MAX_EPS, make_qx_quants, nearest_int, signed_absmax
+from .qx_search import GROUP_MAX_EPS, make_qx_scales, nearest_int, qx_levels, signed_absmax
 
 F32 = np.float32
 QK_K = 256
 
 
-def _requantize(xg: np.ndarray, L: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From group scales (nb, 16): d (fp16), int8 scales, and L redone with the rounded scales."""
-    nb = scales.shape[0]
+def _super_scales(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From group scales (nb, 16): fp16 d, int8 scales and the all-zero super-blocks."""
     # (a NaN scale, from sums that overflowed at |x| > ~1e12, never wins: signed_absmax skips NaN like ggml)
     amax, max_scale = signed_absmax(np.ascontiguousarray(scales.T))
     zero = amax < GROUP_MAX_EPS
@@ -34,25 +33,25 @@ def _requantize(xg: np.ndarray, L: np.ndarray, scales: np.ndarray) -> tuple[np.n
     iscale = F32(-128) / max_scale
     d16 = (F32(1) / iscale).astype(np.float16)
     sc = np.minimum(nearest_int(scales * iscale[:, None]), 127).astype(np.int8)
-    dg = d16.astype(F32)[:, None] * sc.astype(F32)  # (nb, 16): d * scales[j]
-    live = dg != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = xg.reshape(nb, 16, 16) / dg[:, :, None]
-    t = nearest_int(t)
-    np.clip(t, -32, 31, out=t)
-    t += 32
-    L = L.reshape(nb, 16, 16)
-    np.copyto(L, t, where=live[:, :, None], casting="unsafe")
     d16[zero] = 0
     sc[zero] = 0
-    L[zero] = 0
-    return d16, sc, L.reshape(nb, QK_K)
+    return d16, sc, zero
+
+
+def _levels(xg: np.ndarray, dg: np.ndarray) -> np.ndarray:
+    """``MAX(-32, MIN(31, nearest_int(x/d))) + 32`` as uint8 for groups (G, 16) with d (G,) (d != 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = xg.reshape(-1) / np.repeat(dg, 16)  # flat: a (G,16)/(G,1) broadcast is 3x slower
+    iv = nearest_int(t)  # ggml's bit trick: also right for the inf/NaN quotients of an overflowed fp16 d
+    np.clip(iv, np.array(-32, np.int32), np.array(31, np.int32), iv)
+    iv += 32
+    return iv.astype(np.uint8).reshape(-1, 16)
 
 
 def _pack(d16: np.ndarray, sc: np.ndarray, L: np.ndarray) -> np.ndarray:
     nb = L.shape[0]
     out = np.empty((nb, 210), np.uint8)
-    q = L.view(np.uint8).reshape(nb, 2, 4, 32)  # [half][quarter][l]
+    q = L.reshape(nb, 2, 4, 32)  # [half][quarter][l]
     lo = q & np.uint8(15)
     hi = q >> np.uint8(4)
     ql = out[:, :128].reshape(nb, 2, 2, 32)
@@ -74,8 +73,15 @@ class Q6_K(Kernel, qtype=QT.Q6_K, block_size=QK_K, type_size=210):
         rows, n = x.shape
         xg = x.reshape(-1, 16)
         qw = None if imatrix is None else np.broadcast_to(imatrix, (rows, n)).reshape(-1, 16)
-        scales, L = make_qx_quants(xg, 32, 1, qw)
-        d16, sc, L = _requantize(xg, L, scales.reshape(-1, 16))
+        scales, iscale, zero_g = make_qx_scales(xg, 32, 1, qw)
+        d16, sc, zero_b = _super_scales(scales.reshape(-1, 16))
+        dg = (d16.astype(F32)[:, None] * sc.astype(F32)).reshape(-1)  # d * scales[j] per group
+        L = _levels(xg, dg)
+        dead = dg == 0  # ggml skips these groups and keeps make_qx_quants' levels
+        if dead.any():
+            L[dead] = qx_levels(xg[dead], iscale[dead], 32, zero_g[dead]).view(np.uint8)
+        L = L.reshape(-1, QK_K)
+        L[zero_b] = 0
         return _pack(d16, sc, L).reshape(rows, -1)
 
     @classmethod

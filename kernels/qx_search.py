@@ -102,45 +102,72 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int,
 
     ``x`` float32 ``(n_groups, n)``, ``qw`` float32 ``(n_groups, n)`` or ``None``.  Returns ``(scale, L)``:
     float32 ``(n_groups,)`` and int8 ``(n_groups, n)`` holding ``L = l + nmax`` exactly as ggml writes it.
+    """
+    x = np.ascontiguousarray(x, dtype=F32)
+    scale, iscale, zero = make_qx_scales(x, nmax, rmse_type, qw)
+    return scale, qx_levels(x, iscale, nmax, zero)
 
-    How: all 19 trial scales of a group are evaluated at once (one ``(19, n, m)`` array per ufunc call over a
-    cache-sized chunk of ``m`` groups), keeping only the two sums per trial; ggml's sequential choice among
-    the trials then runs over many groups at a time, and L is recomputed once from the chosen scale.
+
+def make_qx_scales(x: np.ndarray, nmax: int, rmse_type: int,
+                   qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The search part of :func:`make_qx_quants`: ``(scale, iscale, zero)`` where ``iscale`` is the trial
+    scale whose levels ggml keeps and ``zero`` marks all-zero groups (``L = 0``); see :func:`qx_levels`.
+
+    How: for a cache-sized chunk of groups, each of the 19 trial scales is evaluated over the whole chunk,
+    keeping only its two sums; ggml's sequential choice among the trials then runs over many groups at once.
     """
     x = np.ascontiguousarray(x, dtype=F32)
     nb, n = x.shape
     if qw is not None:
         qw = np.ascontiguousarray(qw, dtype=F32).reshape(nb, n)
-    scale = np.empty(nb, F32)
-    L = np.empty((nb, n), np.int8)
+    scale, iscale, zero = np.empty(nb, F32), np.empty(nb, F32), np.empty(nb, bool)
     step = max(1, _SUPER_ELEMS // n)
     for g0 in range(0, nb, step):
         g1 = min(nb, g0 + step)
-        scale[g0:g1], L[g0:g1] = _qx_super(x[g0:g1], nmax, rmse_type, None if qw is None else qw[g0:g1])
-    return scale, L
+        scale[g0:g1], iscale[g0:g1], zero[g0:g1] = _qx_super(
+            x[g0:g1], nmax, rmse_type, None if qw is None else qw[g0:g1])
+    return scale, iscale, zero
+
+
+def qx_levels(x: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray) -> np.ndarray:
+    """``L = nmax + MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x)))`` per group (0 for ``zero`` groups)."""
+    t = x * iscale[:, None]
+    np.rint(t, out=t)
+    np.clip(t, F32(-nmax), F32(nmax - 1), out=t)
+    t += F32(nmax)
+    L = t.astype(np.int8)
+    L[zero] = 0
+    return L
 
 
 def _trial_iscales(mx: np.ndarray, nmax: int, rmse_type: int) -> np.ndarray:
     """Row 0: ``-nmax/max``; rows 1..18: ``-(nmax + 0.1f*is)/max`` for is = -9..-1, 1..9 (ggml's order)."""
     steps = [] if rmse_type <= 0 else [i for i in range(-9, 10) if i]
-    isc = np.empty((1 + len(steps), mx.shape[0]), F32)
-    np.divide(F32(-nmax), mx, out=isc[0])
-    for k, i_s in enumerate(steps, 1):
-        np.divide(-(F32(nmax) + F32(0.1) * F32(i_s)), mx, out=isc[k])
-    return isc
+    num = np.array([F32(-nmax)] + [-(F32(nmax) + F32(0.1) * F32(i_s)) for i_s in steps], F32)
+    return num[:, None] / mx
 
 
 def _qx_super(xs, nmax, rmse_type, qws):
     """One block of groups: trial sums chunk by chunk, then the choice, then L."""
-    xt = np.ascontiguousarray(xs.T)  # (n, G)
-    amax, mx = signed_absmax(xt)
-    zero = amax < GROUP_MAX_EPS
-    mx[zero] = 1  # placeholder divisor; these groups are zeroed at the end
-    isc = _trial_iscales(mx, nmax, rmse_type)
+    G, n = xs.shape
+    K = 1 if rmse_type <= 0 else 19
+    isc = np.empty((K, G), F32)
+    zero = np.empty(G, bool)
+    sums = np.empty((2, K, G), F32)  # sumlx, suml2 of every trial
+    m = max(2, _CHUNK_ELEMS // n)
+    for c0 in range(0, G, m):
+        c1 = min(G, c0 + m)
+        # contiguous (n, m) copies: each ufunc of the trial loop then runs as one flat loop
+        xc = np.ascontiguousarray(xs[c0:c1].T)
+        amax, mx = signed_absmax(xc)
+        zero[c0:c1] = amax < GROUP_MAX_EPS
+        mx[zero[c0:c1]] = 1  # placeholder divisor; these groups are zeroed at the end
+        isc[:, c0:c1] = _trial_iscales(mx, nmax, rmse_type)
+        if rmse_type != 0:
+            wc = _weights(xc, abs(rmse_type), None if qws is None else np.ascontiguousarray(qws[c0:c1].T))
+            _trial_sums(xc, wc, isc[:, c0:c1], nmax, sums[:, :, c0:c1])
     if rmse_type == 0:
-        return _finish(xs, isc[0], F32(1) / isc[0], nmax, zero)
-    w = _weights(xt, abs(rmse_type), None if qws is None else np.ascontiguousarray(qws.T))
-    sums = _trial_sums(xt, w, isc, nmax)  # (2, K, G): sumlx, suml2
+        return _finished(F32(1) / isc[0], isc[0], zero)
     sumlx, suml2 = sums
     with np.errstate(divide="ignore", invalid="ignore"):
         scale_all = sumlx / suml2
@@ -148,46 +175,42 @@ def _qx_super(xs, nmax, rmse_type, qws):
     if rmse_type < 0:  # return_early
         inv = F32(1) / isc[0]
         early = np.where(suml2[0] > 0, F32(0.5) * (scale_all[0] + inv), inv)
-        return _finish(xs, isc[0], early, nmax, zero)
+        return _finished(early, isc[0], zero)
     idx = _choose(sumlx, suml2, scale_all)
-    cols = np.arange(xs.shape[0])
-    return _finish(xs, isc[idx, cols], scale_all[idx, cols], nmax, zero)
+    cols = np.arange(G)
+    return _finished(scale_all[idx, cols], isc[idx, cols], zero)
 
 
-def _trial_sums(xt, w, isc, nmax):
-    """Sequential ``sumlx += w*x[i]*l; suml2 += w*l*l`` (ggml's order: row by row) for every trial scale.
+def _finished(scale, iscale, zero):
+    scale = np.array(scale, F32)
+    scale[zero] = 0
+    return scale, iscale, zero
 
-    Chunks of ``m`` groups, one trial at a time: every ufunc runs over rows of ``m`` contiguous values (long
-    inner loops are what makes numpy fast).  This loop is the encoder's hot spot, so it avoids numpy's
-    per-call overheads (keyword ``out=``, broadcasting, Python-float bounds for clip: 1-3 us each) and sums
-    both products in one reduce call."""
-    n, G = xt.shape
-    K = isc.shape[0]
-    wx = w * xt
-    sums = np.empty((2, K, G), F32)
-    m = max(2, _CHUNK_ELEMS // n)
+
+def _trial_sums(xc, wc, isc, nmax, sums):
+    """Sequential ``sumlx += w*x[i]*l; suml2 += w*l*l`` (ggml's order: row by row) for every trial scale of
+    one contiguous chunk ``xc`` (n, m); results go to ``sums`` (2, K, m).
+
+    This loop is the encoder's hot spot (one trial at a time, so that every ufunc runs over the whole chunk
+    in one flat loop).  It avoids numpy's per-call overheads (keyword ``out=``, broadcasting, Python-float
+    bounds for clip: 1-3 us each) and sums both products in one reduce call."""
+    n, m = xc.shape
+    wxc = wc * xc
     lo, hi, zero = np.array(-nmax, F32), np.array(nmax - 1, F32), F32(0)
-    t = np.empty((n, min(m, G)), F32)
-    p = np.empty((2, n, min(m, G)), F32)
-    mul, rint, reduce = np.multiply, np.rint, np.add.reduce
-    for c0 in range(0, G, m):
-        c1 = min(G, c0 + m)
-        tc, pc = t[:, :c1 - c0], p[:, :, :c1 - c0]
-        p_lx, p_l2 = pc
-        # contiguous copies: each ufunc below then runs as one flat loop instead of n row loops
-        xc, wc, wxc = (np.ascontiguousarray(a[:, c0:c1]) for a in (xt, w, wx))
-        if c1 - c0 == 1:  # one column: numpy would sum it pairwise
-            reduce = _reduce_seq
-        for k, iv in enumerate(isc[:, c0:c1]):
-            tc[...] = iv
-            mul(tc, xc, tc)
-            rint(tc, tc)
-            _clip(tc, lo, hi, tc)
-            mul(wxc, tc, p_lx)
-            mul(wc, tc, p_l2)
-            mul(p_l2, tc, p_l2)
-            reduce(pc, 1, None, sums[:, k, c0:c1], False, zero)  # both sums in one call
-    return sums
+    tc = np.empty((n, m), F32)
+    pc = np.empty((2, n, m), F32)
+    p_lx, p_l2 = pc
+    mul, rint = np.multiply, np.rint
+    reduce = _reduce_seq if m == 1 else np.add.reduce  # one column: numpy would sum it pairwise
+    for k, iv in enumerate(isc):
+        tc[...] = iv
+        mul(tc, xc, tc)
+        rint(tc, tc)
+        _clip(tc, lo, hi, tc)
+        mul(wxc, tc, p_lx)
+        mul(wc, tc, p_l2)
+        mul(p_l2, tc, p_l2)
+        reduce(pc, 1, None, sums[:, k], False, zero)  # both sums in one call
 
 
 def _reduce_seq(a, axis, dtype, out, keepdims, initial):
@@ -217,20 +240,6 @@ def _choose(sumlx, suml2, scale_all):
     takes = takes.view(np.uint8)
     takes *= np.arange(K, dtype=np.uint8)[:, None]
     return takes.max(axis=0)
-
-
-def _finish(xs, iscale, scale, nmax, zero):
-    """L = nmax + MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x))) in the groups' own layout."""
-    t = xs * iscale[:, None]
-    np.rint(t, out=t)
-    np.clip(t, F32(-nmax), F32(nmax - 1), out=t)
-    t += F32(nmax)
-    L = t.astype(np.int8)
-    scale = np.array(scale, F32)
-    if zero.any():
-        scale[zero] = 0
-        L[zero] = 0
-    return scale, L
 
 
 def make_qkx3_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None, rmin: float = -0.9,
