@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -34,7 +35,7 @@ from .errors import (
     OutputIsInputError,
     OutputNotWritableError,
 )
-from .recipes import QUANTIZATION_VERSION, TensorInfo, plan
+from .recipes import FLOAT_RECIPES, QUANTIZATION_VERSION, TensorInfo, plan
 from .tokenizer import export_vocab
 from .writer import StreamingGGUFWriter
 
@@ -84,6 +85,8 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: st
         p = plan(recipe, [TensorInfo(t.name, t.shape) for t in tensors], archmod.model_params(arch, cfg),
                  has_imatrix=im is not None)
         _check_output(out, ckpt, p.n_bytes)
+        if p.recipe not in FLOAT_RECIPES:  # llama-quantize writes the tensors in its loader's order
+            tensors = sorted(tensors, key=_llama_quantize_order)
         from kernels import row_bytes
 
         sizes = {t.name: _nbytes(row_bytes, t.shape, p.types[t.name]) for t in tensors}
@@ -138,23 +141,36 @@ def _check_output(out: Path, ckpt: Checkpoint, data_bytes: int) -> None:
 # ---- metadata -----------------------------------------------------------------------------------------------
 def _add_metadata(w: StreamingGGUFWriter, arch: archmod.Arch, cfg: dict, p, tensors, vocab_kv, name: str,
                   im, imatrix_path) -> None:
+    """Metadata in the order llama.cpp writes it: the converter's for float recipes; for quantized ones what
+    llama-quantize makes of that (quantization version and file type moved to the end, then the imatrix keys)."""
     from gguf import size_label
 
+    quantized = p.recipe not in FLOAT_RECIPES
     n_params = sum(int(np.prod(t.shape)) for t in tensors)
-    w.add_kv("general.type", "model", V.STRING)
-    w.add_kv("general.name", name, V.STRING)
-    w.add_kv("general.size_label", size_label(n_params, n_params, 0, 0), V.STRING)
-    for key, value, vtype in archmod.hparams_kv(arch, cfg, p.file_type):
-        w.add_kv(key, value, vtype)
-    w.add_kv("general.quantization_version", QUANTIZATION_VERSION, V.UINT32)
-    for key, value, vtype in vocab_kv:
-        w.add_kv(key, value, vtype)
-    if im is not None:  # what llama-quantize records about the importance matrix
-        w.add_kv("quantize.imatrix.file", str(imatrix_path), V.STRING)
+    kvs = [("general.type", "model", V.STRING), ("general.name", name, V.STRING),
+           ("general.size_label", size_label(n_params, n_params, 0, 0), V.STRING),
+           *archmod.hparams_kv(arch, cfg, p.file_type),
+           ("general.quantization_version", QUANTIZATION_VERSION, V.UINT32), *vocab_kv]
+    if quantized:
+        moved = ("general.quantization_version", "general.file_type")
+        kvs = [kv for kv in kvs if kv[0] not in moved] + [
+            ("general.quantization_version", QUANTIZATION_VERSION, V.UINT32),
+            ("general.file_type", p.file_type, V.UINT32)]
+    if im is not None and quantized:  # llama-quantize's kv overrides (strings cut at 127 bytes like its buffer)
+        kvs.append(("quantize.imatrix.file", str(imatrix_path)[:127], V.STRING))
         if im.datasets:
-            w.add_kv("quantize.imatrix.dataset", im.datasets[0], V.STRING)
-        w.add_kv("quantize.imatrix.entries_count", len(im), V.INT32)
-        w.add_kv("quantize.imatrix.chunks_count", im.chunk_count, V.INT32)
+            kvs.append(("quantize.imatrix.dataset", im.datasets[0][:127], V.STRING))
+        kvs.append(("quantize.imatrix.entries_count", len(im), V.INT32))
+        if im.chunk_count > 0:
+            kvs.append(("quantize.imatrix.chunks_count", im.chunk_count, V.INT32))
+    for key, value, vtype in kvs:
+        w.add_kv(key, value, vtype)
+
+
+def _llama_quantize_order(t: archmod.PlannedTensor) -> tuple[int, str]:
+    """llama_model_loader's weight_name_comparer: layer number (-1 outside blocks), then name."""
+    m = re.match(r"blk\.(\d+)\.", t.name)
+    return (int(m.group(1)) if m else -1, t.name)
 
 
 # ---- data ---------------------------------------------------------------------------------------------------

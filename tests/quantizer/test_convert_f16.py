@@ -75,3 +75,27 @@ def test_convert_result_reports_the_file(smollm2_checkpoint, tmp_path):
     assert res.tensor_types["token_embd.weight"] == "F16" and res.tensor_types["output_norm.weight"] == "F32"
     assert [p.index for p in seen] == list(range(1, 273)) and seen[-1].bytes_done == seen[-1].bytes_total
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no temporary file left
+
+
+def test_q8_0_file_is_byte_identical_to_llama_quantize_of_our_f16(smollm2_gguf, tmp_path):
+    """Quantized recipes lay the file out as llama-quantize does: its tensor order (by layer, then name) and its
+    metadata order (file type and quantization version moved last), so the whole file matches byte for byte."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+    params.nthread = 2
+    ref = tmp_path / "ref-Q8_0.gguf"
+    assert llama_cpp.llama_model_quantize(str(smollm2_gguf("F16")).encode(), str(ref).encode(),
+                                          ctypes.byref(params)) == 0
+    assert smollm2_gguf("Q8_0").read_bytes() == ref.read_bytes()
+
+
+def test_q8_0_completes_paris_in_llama_cpp(smollm2_gguf):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(smollm2_gguf("Q8_0")), n_ctx=128, n_threads=2, verbose=False, seed=0)
+    text = llm("The capital of France is", max_tokens=6, temperature=0.0, top_k=1)["choices"][0]["text"]
+    assert "Paris" in text
