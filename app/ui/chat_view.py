@@ -293,12 +293,13 @@ class ChatView(QWidget):
         """Replace the last reply with a new one."""
         if self.is_busy() or self.host is None or not self.host.is_loaded():
             return
-        last = self.model.last_row("assistant")
-        if last < 0 or last != self.model.rowCount() - 1:
+        last = self.model.rowCount() - 1
+        if last < 0:
             return
-        self.conversations.truncate(self.model, last)
-        self.model.truncate(last)
-        self._generate()
+        if self.model.message(last).role == "assistant":
+            self.conversations.truncate(self.model, last)
+            self.model.truncate(last)
+        self._generate()  # after a failed reply the last message is the user's: this retries it
 
     def edit_message(self, row: int) -> None:
         """Put an earlier user message back into the prompt box; sending replaces it and everything after."""
@@ -356,8 +357,14 @@ class ChatView(QWidget):
     def _on_failed(self, rid: int, e: BaseException) -> None:
         if rid != self._request:
             return
+        row = self._row
         self._finish_streaming("error")
-        self._done()
+        if row is not None and row < self.model.rowCount():
+            m = self.model.message(row)
+            if not m.content and not m.reasoning:  # nothing came: drop the empty bubble (Regenerate retries)
+                self.model.truncate(row)
+                self.reasoning.show_message(None)
+        self._update_controls()
         show_error(self, e)
 
     def _finish_streaming(self, reason: str) -> None:
@@ -379,8 +386,7 @@ class ChatView(QWidget):
         busy = self.is_busy()
         self.send_button.setEnabled(loaded and not busy)
         self.stop_button.setEnabled(busy)
-        last = self.model.last_row("assistant")
-        self.regen_button.setEnabled(loaded and not busy and last >= 0 and last == self.model.rowCount() - 1)
+        self.regen_button.setEnabled(loaded and not busy and self.model.rowCount() > 0)
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
         """Stop generating, free the model and join its thread (window closing)."""

@@ -153,7 +153,7 @@ class CompareView(QWidget):
 
     # ---- model choice ---------------------------------------------------------------------------------------
     def set_groups(self, groups: list[ModelGroup]) -> None:
-        ref, cand = self.reference.currentData(), self.candidate.currentData()
+        ref, cand = self.reference_path(), self.candidate_path()
         self._groups = groups
         for combo in (self.reference, self.candidate):
             combo.blockSignals(True)
@@ -161,7 +161,7 @@ class CompareView(QWidget):
             for g in groups:
                 for e in g.ggufs:
                     if e.ok:
-                        combo.addItem(f"{g.name} · {e.file_type}", e.path)
+                        combo.addItem(f"{g.name} · {e.file_type}", str(e.path))  # str: findData compares
             combo.blockSignals(False)
         if ref is not None and cand is not None:
             self.set_pair(ref, cand)
@@ -178,15 +178,23 @@ class CompareView(QWidget):
 
     def set_pair(self, reference: Path, candidate: Path) -> None:
         for combo, p in ((self.reference, reference), (self.candidate, candidate)):
-            i = combo.findData(Path(p))
+            i = combo.findData(str(p))
             if i >= 0:
                 combo.setCurrentIndex(i)
+
+    def reference_path(self) -> Path | None:
+        d = self.reference.currentData()
+        return Path(d) if d else None
+
+    def candidate_path(self) -> Path | None:
+        d = self.candidate.currentData()
+        return Path(d) if d else None
 
     def _group_of(self, path: Path | None) -> ModelGroup | None:
         return next((g for g in self._groups if any(e.path == path for e in g.ggufs)), None)
 
     def _on_pick(self, *_: object) -> None:
-        ref = self.reference.currentData()
+        ref = self.reference_path()
         self.ref_title.setText(f"Reference — {self.reference.currentText()}" if ref else "Reference")
         self.cand_title.setText(f"Candidate — {self.candidate.currentText()}" if ref else "Candidate")
         self.ladder.set_group(self._group_of(ref))
@@ -205,7 +213,7 @@ class CompareView(QWidget):
     def start(self) -> None:
         from app.core.compare import compare
 
-        ref, cand = self.reference.currentData(), self.candidate.currentData()
+        ref, cand = self.reference_path(), self.candidate_path()
         prompt = self.prompt.toPlainText().strip()
         if ref is None or cand is None or not prompt or self._job is not None:
             return
@@ -217,7 +225,7 @@ class CompareView(QWidget):
         for v in self.summary_labels.values():
             v.setText("–")
         s = self._settings()
-        job = Job(compare, Path(ref), Path(cand), prompt, registry=self._registry, name="compare",
+        job = Job(compare, ref, cand, prompt, registry=self._registry, name="compare",
                   streams=("on_reference_text", "on_candidate_text"), max_tokens=self.max_tokens.value(),
                   n_ctx=s.context_size, threads=s.effective_threads())
         job.stream.connect(self._on_stream)

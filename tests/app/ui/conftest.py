@@ -37,6 +37,13 @@ def fail_on_live_qthreads(started: list[tuple[QThread, str]]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """The app's cache dir (where the demo checkpoint is built) in a temporary folder too, so a demo checkpoint
+    in the user's cache does not show up in the Library under test."""
+    monkeypatch.setenv("DISTILLDESK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
 def no_qthread_leaks(qapp, monkeypatch):
     started: list[tuple[QThread, str]] = []
     original = QThread.start
@@ -66,26 +73,6 @@ def error_reports(monkeypatch):
     return reports
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _safe_process_events():
-    """PySide6 6.12's Python binding of QCoreApplication.processEvents() crashes the interpreter ("Fatal Python
-    error: none_dealloc") when another thread runs Python code at the same time (reproduced with a bare QThread
-    subclass).  pytest-qt calls it around every test phase; route it through a QEventLoop, which is safe.  The
-    app itself never calls processEvents."""
-    from PySide6.QtCore import QCoreApplication, QEventLoop, QTimer
-
-    original = QCoreApplication.processEvents
-
-    def process_events(*_args, **_kwargs):  # type: ignore[no-untyped-def]
-        loop = QEventLoop()
-        QTimer.singleShot(0, loop.quit)
-        loop.exec()
-
-    QCoreApplication.processEvents = process_events  # type: ignore[method-assign]
-    yield
-    QCoreApplication.processEvents = original  # type: ignore[method-assign]
-
-
 @pytest.fixture
 def window(qtbot):
     """The main window (isolated data dir); closed -- all work cancelled, threads joined -- at the end."""
@@ -95,7 +82,10 @@ def window(qtbot):
     qtbot.addWidget(win)
     win.show()
     yield win
-    win.close()
+    import shiboken6
+
+    if shiboken6.isValid(win):  # a test may have closed (and so deleted) it already
+        win.close()
 
 
 @pytest.fixture
