@@ -80,7 +80,8 @@ def _roundf_inplace(t: np.ndarray, scratch: np.ndarray) -> np.ndarray:
 
 
 def _put_f16(out: np.ndarray, col: int, v: np.ndarray) -> None:
-    out[:, col:col + 2] = v.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    """fp16 (round to nearest even, like GGML_FP32_TO_FP16) at byte ``col`` (even; block sizes are even)."""
+    out.view(np.uint16)[:, col // 2] = v.astype(np.float16).view(np.uint16)
 
 
 def _put_nibbles(out: np.ndarray, col: int, q: np.ndarray) -> None:
@@ -127,11 +128,18 @@ def _f16(blocks: np.ndarray, col: int) -> np.ndarray:
 
 
 # ---- Q8_0 --------------------------------------------------------------------------------------------------
+def _absmax(xb: np.ndarray) -> np.ndarray:
+    """Per-block max |x| of ``xb`` (m, 32), the lane trick of :func:`_minmax` on the bits: for non-negative
+    floats the uint32 order is the float order, and clearing the sign bit is |x| (always +0.0 for zeros)."""
+    m = xb.shape[0]
+    t = np.ascontiguousarray(xb.view(np.complex128).T).view(np.uint32).reshape(8, m, 4)
+    t &= np.uint32(0x7FFFFFFF)
+    a = t.max(axis=0)
+    return np.maximum(np.maximum(a[:, 0], a[:, 1]), np.maximum(a[:, 2], a[:, 3])).view(F32)
+
+
 def _encode_q8_0(xb: np.ndarray, out: np.ndarray) -> None:
-    lo, hi = _minmax(xb)
-    amax = np.maximum(hi, -lo)
-    amax += F32(0)
-    d = amax / F32(127)
+    d = _absmax(xb) / F32(127)
     t = xb * _inv(d)[:, None]
     _roundf_inplace(t, np.empty(t.shape, np.uint32))
     np.copyto(out[:, 2:].view(np.int8), t, casting="unsafe")  # float -> int8 truncates, like C
