@@ -1,0 +1,74 @@
+"""``distilldesk compare REF.gguf CAND.gguf --prompt TEXT``: greedy answers side by side + token-level cost."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from app.core.compare import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX, CompareResult
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "compare", help="compare a quantized GGUF with its reference on one prompt",
+        description="Both models answer the prompt greedily; then the reference's answer is fed through both and "
+                    "every token is scored: KL(P_ref || P_cand), top-1 agreement, perplexity of each "
+                    "(llama-perplexity --kl-divergence definitions, over the answer tokens).")
+    p.add_argument("reference", metavar="REF.gguf", help="reference model (F16/BF16/Q8_0)")
+    p.add_argument("candidate", metavar="CAND.gguf", help="candidate model (a quantization of the reference)")
+    p.add_argument("--prompt", required=True, help="the user message both models answer")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                   help=f"most answer tokens per model (default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--ctx", type=int, default=DEFAULT_N_CTX, metavar="N",
+                   help=f"context window in tokens (default {DEFAULT_N_CTX})")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: llama.cpp's)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (per-token records included)")
+    return p
+
+
+def _stream(title: str) -> Any:
+    started = [False]
+
+    def show(text: str) -> None:
+        if not started[0]:
+            print(f"\n=== {title} ===", flush=True)
+            started[0] = True
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    return show
+
+
+def format_summary(r: CompareResult) -> str:
+    s = r.summary
+    if r.first_divergence is None:
+        div = "the greedy answers are identical"
+    else:
+        common = "".join(t.text for t in r.tokens[:r.first_divergence])
+        tail = common[-40:].replace("\n", "\\n")
+        div = f"the answers diverge at answer token {r.first_divergence} (after \"{tail}\")"
+    lines = [f"\nreference: {r.reference.file_type} {r.reference.bits_per_weight:.2f} bpw  {r.reference.path}",
+             f"candidate: {r.candidate.file_type} {r.candidate.bits_per_weight:.2f} bpw  {r.candidate.path}", div]
+    if s.n_tokens:
+        lines += [f"scored {s.n_tokens} reference answer tokens:",
+                  f"  KL divergence  mean {s.mean_kld:.6f}  median {s.median_kld:.6f}  p99 {s.p99_kld:.6f}  "
+                  f"max {s.max_kld:.6f}",
+                  f"  top-1 agreement {100 * s.top1_agreement:.2f} %   top-5 overlap {100 * s.top5_overlap:.2f} %",
+                  f"  perplexity     reference {s.ppl_reference:.4f}  candidate {s.ppl_candidate:.4f}"]
+    lines += [f"warning: {w}" for w in r.warnings]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.core.compare import compare
+
+    kw: dict[str, Any] = {}
+    if not args.json:
+        kw = dict(on_reference_text=_stream("reference answer"), on_candidate_text=_stream("candidate answer"))
+    result = compare(args.reference, args.candidate, args.prompt, max_tokens=args.max_tokens, n_ctx=args.ctx,
+                     threads=args.threads, **kw)
+    if args.json:
+        print(result.to_json(indent=1))
+    else:
+        print(format_summary(result))
+    return 0
