@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         qt = kernels.GGMLQuantizationType[name]
         t1, tn, tg, same = measure(x, qt, imatrix, ncpu, args.repeat, not args.skip_threads)
         goal = "  (goal >= 1.0)" if name in GOAL_TYPES else ""
-        print(f"{name:6} {mw / t1:10.1f} {mw / tn:10.1f} {mw / tg:10.1f} {tg / t1:9.2f}x  "
+        all_threads = f"{mw / tn:10.1f}" if tn < float("inf") else f"{'-':>10}"
+        print(f"{name:6} {mw / t1:10.1f} {all_threads} {mw / tg:10.1f} {tg / t1:9.2f}x  "
               f"{'yes' if same else 'NO'}{goal}", flush=True)
     print("figures: million weights per second")
     return 0

@@ -105,10 +105,15 @@ def _each_chunk(x: np.ndarray, type_size: int, encode) -> np.ndarray:
 
 
 def _row_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
-    """``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2 = (sequential sum of x^2) / n_per_row``."""
-    xt = np.ascontiguousarray(x.T)
-    sigma2 = seq_sum0(xt * xt) / F32(x.shape[1])
+    """``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2 = (sequential sum of x^2) / n_per_row``.
+
+    Row sums are sequential sums down the columns of transposed blocks of 32 rows (large enough for long
+    inner loops, small enough to transpose in cache; a reduce along the row itself would be pairwise)."""
     w = x * x
+    sigma2 = np.empty(x.shape[0], F32)
+    for r0 in range(0, x.shape[0], 32):
+        seq_sum0(np.ascontiguousarray(w[r0:r0 + 32].T), out=sigma2[r0:r0 + 32])
+    sigma2 /= F32(x.shape[1])
     w += sigma2[:, None]
     np.sqrt(w, out=w)
     w *= qw

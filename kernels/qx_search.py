@@ -15,11 +15,9 @@ GROUP_MAX_EPS = F32(1e-15)
 _clip = getattr(getattr(np, "_core", None), "umath", np).clip
 _CHUNK_ELEMS = 1 << 15  # elements of x per chunk: x, w*x, w and the temporaries stay in a 1 MB L2
 _SUPER_ELEMS = 1 << 18  # elements of x per block of groups whose trials are chosen together
-
-
-def _chunks(nb: int, n: int) -> tuple[range, int]:
-    step = max(1, _CHUNK_ELEMS // n)
-    return range(0, nb, step), step
+# make_qkx3_quants' search carries state from trial to trial (~40 small per-group ops each), so its chunks are
+# larger: per-call overheads matter more there than L2 misses (measured).
+_QKX3_CHUNK_ELEMS = 1 << 18
 
 
 def seq_sum0(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -256,8 +254,8 @@ def make_qkx3_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None
         weights = np.ascontiguousarray(weights, dtype=F32).reshape(nb, n)
     scale, the_min = np.empty(nb, F32), np.empty(nb, F32)
     L = np.empty((nb, n), np.uint8)
-    starts, step = _chunks(nb, n)
-    for c0 in starts:
+    step = max(1, _QKX3_CHUNK_ELEMS // n)
+    for c0 in range(0, nb, step):
         c1 = min(nb, c0 + step)
         xt = np.ascontiguousarray(x[c0:c1].T)
         wt = xt * xt if weights is None else np.ascontiguousarray(weights[c0:c1].T)
@@ -269,30 +267,36 @@ def make_qkx3_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None
 
 def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
     # Mirrors ggml step by step; note that ``min`` is updated inside the search and feeds later steps.
+    # Hot loop: positional ufunc outputs, 0-d clip bounds, the three sums in one reduce (see _trial_sums).
+    n, m = xt.shape
     mn = first_min(xt)
     mx = xt.max(axis=0)
     sum_w = seq_sum0(w)  # ggml starts these from element 0, not +0: the same sums
     sum_x = seq_sum0(w * xt)
     mn = np.where(mn > 0, F32(0), mn)
     flat = mx <= mn
-    lo, hi = 0.0, float(nmax)
-    t, tmp = np.empty_like(xt), np.empty_like(xt)
+    lo, hi = np.array(0, F32), np.array(nmax, F32)
     rng = np.where(flat, F32(1), mx - mn)
     iscale = F32(nmax) / rng
     scale = F32(1) / iscale
     xmin = xt.min(axis=0)
     span = _span(mx, xmin, mn)
-    best_l = _levels_guarded(xt - mn, iscale, span, lo, hi, np.empty_like(xt))
+    risky = _risky(span, mx, mn, nmax, flat)
+    xm = xt - mn
+    t, tmp = np.empty_like(xt), np.empty_like(xt)
+    p = np.empty((3, n, m), F32)
+    sums = np.empty((3, m), F32)
+    best_l = _levels_guarded(xm, iscale, span, lo, hi, np.empty_like(xt), True)
     best_mad = _mad(scale, mn, best_l, xt, w, use_mad, tmp)
+    mul = np.multiply
     for i_s in range(nstep + 1):
-        rng = mx - mn
-        isc = (rmin + rdelta * F32(i_s) + F32(nmax)) / rng
-        lf = _levels_guarded(xt - mn, isc, span, lo, hi, t)
-        np.multiply(w, lf, out=tmp)
-        sum_l = seq_sum0(tmp)
-        sum_xl = seq_sum0(tmp * xt)
-        tmp *= lf
-        sum_l2 = seq_sum0(tmp)
+        isc = (rmin + rdelta * F32(i_s) + F32(nmax)) / (mx - mn)
+        _levels_guarded(xm, isc, span, lo, hi, t, risky)
+        mul(w, t, p[0])
+        mul(p[0], xt, p[1])
+        mul(p[0], t, p[2])
+        _reduce_rows(p, sums)
+        sum_l, sum_xl, sum_l2 = sums
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = (D > 0) & ~flat
         if not ok.any():
@@ -302,17 +306,28 @@ def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
         pos = this_min > 0
         this_min[pos] = 0
         this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-        mad = _mad(this_scale, this_min, lf, xt, w, use_mad, tmp)
+        mad = _mad(this_scale, this_min, t, xt, w, use_mad, tmp)
         upd = ok & (mad < best_mad)
         if upd.any():
-            np.copyto(best_l, lf, where=upd)
+            np.copyto(best_l, t, where=upd)
             best_mad = np.where(upd, mad, best_mad)
             scale = np.where(upd, this_scale, scale)
             mn = np.where(upd, this_min, mn)
             span = _span(mx, xmin, mn)
+            risky = _risky(span, mx, mn, nmax, flat)
+            np.subtract(xt, mn, xm)
     scale = np.where(flat, F32(0), scale)
     best_l[:, flat] = 0
     return scale, -mn, best_l.astype(np.uint8)
+
+
+def _reduce_rows(p, out):
+    """Sequential sums over axis 1 of (k, n, m) into (k, m)."""
+    if p.shape[2] > 1:
+        return np.add.reduce(p, 1, None, out, False, F32(0))
+    for a, o in zip(p, out, strict=True):
+        seq_sum0(a, out=o)
+    return out
 
 
 def _span(mx, xmin, mn):
@@ -320,23 +335,33 @@ def _span(mx, xmin, mn):
     return np.maximum(np.abs(mx - mn), np.abs(xmin - mn))
 
 
-def _levels_guarded(xm, isc, span, lo, hi, out):
-    """``_levels`` where a tiny range made ``iscale`` huge or inf: those groups get ggml's nearest_int."""
-    _levels(xm, isc, lo, hi, out)
-    wild = ~(np.abs(isc) * span <= F32(4e6))
-    if wild.any():
+def _risky(span, mx, mn, nmax, flat):
+    """Whether a group's |iscale*(x - min)| could leave rint's range in some trial (|iscale| <= (nmax+1)/range)."""
+    return ~((span <= (mx - mn) * F32(4e6 / (nmax + 1))) & (span < np.inf)) & ~flat
+
+
+def _levels_guarded(xm, isc, span, lo, hi, out, risky):
+    """``clip(rint(isc*xm))``, except where a tiny range made ``iscale`` huge or inf: those groups get ggml's
+    nearest_int (checked only if some group is ``risky``)."""
+    out[...] = isc
+    np.multiply(out, xm, out)
+    np.rint(out, out)
+    _clip(out, lo, hi, out)
+    wild = None if not np.any(risky) else ~(np.abs(isc) * span <= F32(4e6))
+    if wild is not None and wild.any():
         out[:, wild] = np.clip(nearest_int(xm[:, wild] * isc[wild]), lo, hi)
     return out
 
 
 def _mad(scale, mn, lf, xt, w, use_mad, tmp):
     """Sequential ``mad += w * diff^2`` (or ``|diff|``) with ``diff = scale*L + min - x``."""
-    np.multiply(lf, scale, out=tmp)
-    tmp += mn
-    tmp -= xt
+    tmp[...] = scale
+    np.multiply(tmp, lf, tmp)
+    np.add(tmp, mn, tmp)
+    np.subtract(tmp, xt, tmp)
     if use_mad:
-        np.abs(tmp, out=tmp)
+        np.abs(tmp, tmp)
     else:
-        tmp *= tmp
-    tmp *= w
+        np.multiply(tmp, tmp, tmp)
+    np.multiply(tmp, w, tmp)
     return seq_sum0(tmp)
