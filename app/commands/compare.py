@@ -47,7 +47,7 @@ def format_summary(r: CompareResult) -> str:
         common = "".join(t.text for t in r.tokens[:r.first_divergence])
         tail = common[-40:].replace("\n", "\\n")
         div = f"the answers diverge at answer token {r.first_divergence} (after \"{tail}\")"
-    lines = [f"\nreference: {r.reference.file_type} {r.reference.bits_per_weight:.2f} bpw  {r.reference.path}",
+    lines = [f"\n\nreference: {r.reference.file_type} {r.reference.bits_per_weight:.2f} bpw  {r.reference.path}",
              f"candidate: {r.candidate.file_type} {r.candidate.bits_per_weight:.2f} bpw  {r.candidate.path}", div]
     if s.n_tokens:
         lines += [f"scored {s.n_tokens} reference answer tokens:",
