@@ -53,6 +53,7 @@ class ChatView(QWidget):
         self._request: int | None = None
         self._row: int | None = None  # the assistant message being generated
         self._edit_row: int | None = None
+        self._reasoning_model = True
         self.model = MessageListModel(self)
         self.conversations = ConversationPanel(self)
         self.conversations.conversationOpened.connect(self._open_conversation)
@@ -187,6 +188,10 @@ class ChatView(QWidget):
         old.retire(lambda h=old: self._retiring.remove(h) if h in self._retiring else None)
 
     def _on_loaded(self, info: Any) -> None:
+        # A model whose template never mentions <think> is not a reasoning model: a reply without reasoning is
+        # then normal, not R1's "skipped reasoning" failure worth a warning.
+        self._reasoning_model = "<think>" in (info.chat_template or "")
+        self.reasoning.set_reasoning_model(self._reasoning_model)
         self.model_label.setText(f"<b>{info.name}</b> · {info.file_type} · {info.size_bytes / 1e6:.0f} MB · "
                                  f"context {info.n_ctx} · {info.backend}")
         self.modelLoaded.emit(info)
@@ -347,7 +352,8 @@ class ChatView(QWidget):
         row = self._row
         self.model.update(row, content=reply.answer, reasoning=reply.reasoning, streaming=False,
                           finish_reason=reply.finish_reason, unterminated=reply.unterminated,
-                          skipped_reasoning=reply.skipped_reasoning, notice=reply.notice or "",
+                          skipped_reasoning=reply.skipped_reasoning and self._reasoning_model,
+                          notice=reply.notice or "",
                           stats=reply.stats.to_dict())
         self.reasoning.show_message(self.model.message(row))
         self._save(row)

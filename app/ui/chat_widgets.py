@@ -115,11 +115,12 @@ class MessageWidget(QFrame):
         self.notice.setObjectName("noticeLabel")
         self.notice.setWordWrap(True)
         self.notice.hide()
+        self.stats.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the bubble
+        self.role_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.body.setMinimumWidth(80)
         head = QHBoxLayout()
         head.setContentsMargins(0, 0, 0, 0)
-        head.addWidget(self.role_label)
-        head.addStretch(1)
-        head.addWidget(self.stats)
+        head.addWidget(self.role_label, 1)
         head.addWidget(self.action)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(10, 6, 10, 6)
@@ -127,6 +128,7 @@ class MessageWidget(QFrame):
         lay.addLayout(head)
         lay.addWidget(self.notice)
         lay.addWidget(self.body)
+        lay.addWidget(self.stats)
         self._role = ""
         self._pending: ChatMessage | None = None
         self._timer = QTimer(self)
@@ -141,9 +143,11 @@ class MessageWidget(QFrame):
             self.role_label.setText({"user": "You", "assistant": msg.model or "Assistant",
                                      "system": "System"}.get(msg.role, msg.role))
             self.action.setText({"user": "Edit", "assistant": "Reasoning"}.get(msg.role, ""))
-            self.action.setVisible(msg.role in ("user", "assistant"))
             self.style().unpolish(self)
             self.style().polish(self)
+        # "Reasoning" only where there is some (or may come): past replies keep theirs viewable
+        self.action.setVisible(msg.role == "user" or (msg.role == "assistant" and (bool(msg.reasoning)
+                                                                                  or msg.streaming)))
         self._pending = msg
         if msg.streaming:
             if not self._timer.isActive():

@@ -10,6 +10,7 @@ Tests (and the screenshot tool) set :data:`HOOK` to capture the :class:`ErrorRep
 from __future__ import annotations
 
 import errno
+import html
 import logging
 import sys
 import traceback
@@ -30,6 +31,8 @@ class ErrorReport:
     kind: str  # the exception's class name
     detail: str = ""  # traceback, shown under "Show Details..."
 
+
+UNEXPECTED = "Unexpected error"
 
 # Set by tests / tools: called instead of opening a QMessageBox.
 HOOK: Callable[[ErrorReport], None] | None = None
@@ -124,7 +127,7 @@ def describe(e: BaseException) -> ErrorReport | None:
                            kind, detail)
     if isinstance(e, (ValueError, OSError)):
         return ErrorReport("The operation failed", message, "Check the input and try again.", kind, detail)
-    return ErrorReport("Unexpected error", f"{kind}: {message}",
+    return ErrorReport(UNEXPECTED, f"{kind}: {message}",
                        "The app keeps running. Please report this with the details below.", kind, detail)
 
 
@@ -143,10 +146,12 @@ def show_error(parent: QWidget | None, e: BaseException, *, context: str = "") -
     if HOOK is not None:
         HOOK(report)
         return report
-    box = QMessageBox(QMessageBox.Icon.Warning, report.title, report.message, QMessageBox.StandardButton.Ok,
-                      parent)
-    box.setInformativeText(report.advice)
-    if report.detail:
+    box = QMessageBox(QMessageBox.Icon.Warning, report.title,
+                      f"<b>{html.escape(report.title)}</b><br><br>{html.escape(report.message)}",
+                      QMessageBox.StandardButton.Ok, parent)
+    box.setTextFormat(Qt.TextFormat.RichText)
+    box.setInformativeText(html.escape(report.advice))
+    if report.detail and report.title == UNEXPECTED:  # a traceback helps a bug report, not a user with a bad file
         box.setDetailedText(report.detail)
     box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)

@@ -13,15 +13,25 @@ from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 # KL thresholds (nats) of the colour scale: below the first a token is "same", above the last "very different".
 KL_SCALE = (0.001, 0.01, 0.1, 1.0)
-_COLORS = ("#e8f5e9", "#c8e6c9", "#fff59d", "#ffb74d", "#e57373")
+_COLORS = ("#e8f5e9", "#c8e6c9", "#fff59d", "#ffb74d", "#e57373")  # pale: behind text
+_BAR_COLORS = ("#81c784", "#43a047", "#fbc02d", "#fb8c00", "#e53935")  # saturated: bars and points
+
+
+def _bucket(kl: float) -> int:
+    for i, threshold in enumerate(KL_SCALE):
+        if kl < threshold:
+            return i
+    return len(KL_SCALE)
 
 
 def kl_color(kl: float) -> QColor:
     """Background colour of a token with divergence ``kl`` (green = same distribution, red = very different)."""
-    for threshold, c in zip(KL_SCALE, _COLORS, strict=False):
-        if kl < threshold:
-            return QColor(c)
-    return QColor(_COLORS[-1])
+    return QColor(_COLORS[_bucket(kl)])
+
+
+def kl_bar_color(kl: float) -> QColor:
+    """The same scale, saturated, for bars and points."""
+    return QColor(_BAR_COLORS[_bucket(kl)])
 
 
 def _axis_font(w: QWidget) -> QFont:
@@ -97,7 +107,7 @@ class KLPlot(QWidget):
         for i, kl in enumerate(self._kl):
             y = self._y(r, kl)
             bar = QRectF(r.left() + i * bw, y, max(1.0, bw - (1 if bw > 3 else 0)), r.bottom() - y)
-            c = kl_color(kl).darker(130 if i != self._selected else 200)
+            c = kl_bar_color(kl) if i != self._selected else QColor("#263238")
             p.fillRect(bar, c)
         if self._divergence is not None and 0 <= self._divergence < n:
             x = r.left() + (self._divergence + 0.5) * bw
@@ -160,7 +170,7 @@ class LadderPlot(QWidget):
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.fillRect(self.rect(), self.palette().base())
         p.setFont(_axis_font(self))
-        r = QRectF(52, 10, max(10, self.width() - 66), max(10, self.height() - 40))
+        r = QRectF(52, 22, max(10, self.width() - 66), max(10, self.height() - 52))
         text = self.palette().text().color()
         p.setPen(QPen(text))
         p.drawRect(r)
@@ -195,9 +205,12 @@ class LadderPlot(QWidget):
             p.drawLine(xy(a), xy(b))
         for pt in pts:
             c = xy(pt)
-            p.setBrush(kl_color(pt.mean_kl).darker(140))
+            p.setBrush(kl_bar_color(pt.mean_kl))
             p.setPen(QPen(QColor("#1565c0")))
             p.drawEllipse(c, 5, 5)
             p.setPen(QPen(text))
-            p.drawText(c + QPointF(7, -6), pt.label)
-        p.drawText(QRectF(2, r.top() - 2, 60, 14), Qt.AlignmentFlag.AlignLeft, "mean KL")
+            label = f"{pt.label} ({pt.bpw:.2f} bpw)" if pt.bpw else pt.label
+            w = p.fontMetrics().horizontalAdvance(label)
+            x = c.x() + 8 if c.x() + 8 + w < r.right() - 2 else c.x() - 8 - w  # keep labels inside the plot
+            p.drawText(QPointF(x, c.y() - 6), label)
+        p.drawText(QRectF(4, 2, 200, 16), Qt.AlignmentFlag.AlignLeft, "mean KL vs the reference (log)")

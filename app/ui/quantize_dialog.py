@@ -107,7 +107,10 @@ class QuantizeDialog(QDialog):
         self.out_label.setObjectName("hintLabel")
         self.out_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form = QFormLayout()
-        form.addRow("Threads", self.threads)
+        th_row = QHBoxLayout()
+        th_row.addWidget(self.threads)
+        th_row.addStretch(1)
+        form.addRow("Threads", th_row)
         form.addRow("Importance matrix", im_row)
         form.addRow("Output", self.out_label)
 

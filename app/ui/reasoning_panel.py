@@ -116,6 +116,13 @@ class ReasoningPanel(QFrame):
         elif not msg.streaming:
             self._tick.stop()
 
+    def set_reasoning_model(self, reasons: bool) -> None:
+        """Say so when the loaded model does not reason at all (no <think> in its chat template)."""
+        self.text.setPlaceholderText(
+            "The model's chain of thought appears here while it thinks." if reasons else
+            "This model's chat template has no <think> block: it answers without a chain of thought. Load a "
+            "DeepSeek-R1 distill to see its reasoning here.")
+
     def plain_text(self) -> str:
         return self.text.toPlainText()
 
