@@ -53,48 +53,9 @@ def r1_vocab_gguf(r1_export, tmp_path_factory) -> Path:
     return out
 
 
-def read_gguf_kv(path: Path) -> dict:
-    """A small independent GGUF metadata reader: {key: (value, [type, item type])} (GGUFReader is slow here)."""
-    import struct
-
-    V = gguf.GGUFValueType
-    scalar = {V.UINT8: "B", V.INT8: "b", V.UINT16: "H", V.INT16: "h", V.UINT32: "I", V.INT32: "i",
-              V.FLOAT32: "f", V.BOOL: "?", V.UINT64: "Q", V.INT64: "q", V.FLOAT64: "d"}
-    raw = path.read_bytes()
-    pos = 0
-
-    def take(fmt):
-        nonlocal pos
-        v = struct.unpack_from("<" + fmt, raw, pos)
-        pos += struct.calcsize("<" + fmt)
-        return v[0]
-
-    def text():
-        nonlocal pos
-        n = take("Q")
-        pos += n
-        return raw[pos - n:pos].decode("utf-8")
-
-    def value(t):
-        return text() if t == V.STRING else take(scalar[t])
-
-    assert raw[:4] == b"GGUF" and struct.unpack_from("<I", raw, 4)[0] == 3
-    pos = 16
-    n_kv = take("Q")
-    out = {}
-    for _ in range(n_kv):
-        key, t = text(), V(take("I"))
-        if t == V.ARRAY:
-            it, n = V(take("I")), take("Q")
-            out[key] = ([value(it) for _ in range(n)], [t, it])
-        else:
-            out[key] = (value(t), [t])
-    return out
-
-
 @pytest.fixture(scope="module")
 def published() -> dict:
-    return {k: v for k, v in read_gguf_kv(R1_GGUF).items() if k.startswith("tokenizer.")}
+    return {k: v for k, v in tm.read_gguf(R1_GGUF)[0].items() if k.startswith("tokenizer.")}
 
 
 _ITEM_TYPES = {str: gguf.GGUFValueType.STRING, int: gguf.GGUFValueType.INT32, bool: gguf.GGUFValueType.BOOL}
@@ -125,7 +86,7 @@ def test_padding_tokens_are_unused(r1_export):
 
 
 def test_our_vocab_gguf_reads_back_equal(r1_export, r1_vocab_gguf):
-    assert read_gguf_kv(r1_vocab_gguf) == {k: (v, [t] if t != gguf.GGUFValueType.ARRAY else [t, {
+    assert tm.read_gguf(r1_vocab_gguf)[0] == {k: (v, [t] if t != gguf.GGUFValueType.ARRAY else [t, {
         str: gguf.GGUFValueType.STRING, int: gguf.GGUFValueType.INT32}[type(v[0])]]) for k, v, t in r1_export} | {
         "general.architecture": ("qwen2", [gguf.GGUFValueType.STRING])}
 

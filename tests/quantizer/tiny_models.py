@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,48 @@ def forward(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
         h = h + ((g / (1 + np.exp(-g))) * (x @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
     out = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     return _rms(h, w["model.norm.weight"], eps) @ out.T
+
+
+# ---- a small independent GGUF reader (gguf.GGUFReader takes seconds on 150k-token vocabularies) -------------
+def read_gguf(path: Path) -> tuple[dict, dict]:
+    """``({key: (value, [type, item type])}, {tensor: (ggml shape, type, data offset)})``."""
+    from gguf import GGUFValueType as V
+
+    scalar = {V.UINT8: "B", V.INT8: "b", V.UINT16: "H", V.INT16: "h", V.UINT32: "I", V.INT32: "i",
+              V.FLOAT32: "f", V.BOOL: "?", V.UINT64: "Q", V.INT64: "q", V.FLOAT64: "d"}
+    raw = Path(path).read_bytes()
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, raw, pos)[0]
+        pos += struct.calcsize("<" + fmt)
+        return v
+
+    def text():
+        nonlocal pos
+        n = take("Q")
+        pos += n
+        return raw[pos - n:pos].decode("utf-8")
+
+    def value(t):
+        return text() if t == V.STRING else take(scalar[t])
+
+    assert raw[:4] == b"GGUF" and struct.unpack_from("<I", raw, 4)[0] == 3
+    pos = 8
+    n_tensors, n_kv = take("Q"), take("Q")
+    kv = {}
+    for _ in range(n_kv):
+        key, t = text(), V(take("I"))
+        if t == V.ARRAY:
+            it, n = V(take("I")), take("Q")
+            kv[key] = ([value(it) for _ in range(n)], [t, it])
+        else:
+            kv[key] = (value(t), [t])
+    infos = {}
+    for _ in range(n_tensors):
+        name = text()
+        shape = [take("Q") for _ in range(take("I"))]
+        infos[name] = (shape, take("I"), take("Q"))
+    data_start = pos + (-pos % 32)
+    return kv, {k: (s, t, data_start + off) for k, (s, t, off) in infos.items()}
