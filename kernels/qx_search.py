@@ -87,13 +87,6 @@ def nearest_int(t: np.ndarray) -> np.ndarray:
     return iv
 
 
-def _levels(xt: np.ndarray, iscale: np.ndarray, lo: float, hi: float, out: np.ndarray) -> np.ndarray:
-    """``MAX(lo, MIN(hi, nearest_int(iscale*x)))`` as float32 (rint = nearest_int: |iscale*x| <= nmax+1)."""
-    np.multiply(xt, iscale, out=out)
-    np.rint(out, out=out)
-    return np.clip(out, lo, hi, out=out)
-
-
 def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int,
                    qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ggml's ``make_qx_quants(n, nmax, x, L, rmse_type, qw)`` for every row of ``x`` (one group per row).
