@@ -263,5 +263,7 @@ class Checkpoint:
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Widen stored data to a new float32 array (exact for F16 and BF16)."""
     if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        bits = raw.astype(np.uint32)
+        bits <<= 16  # in place: one float32-sized array, no temporary
+        return bits.view(np.float32)
     return raw.astype(np.float32)
