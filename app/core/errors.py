@@ -69,6 +69,10 @@ class IntegrityError(HubError):
     """A downloaded file's size or sha256 differs from the Hub's metadata."""
 
 
+class UnsupportedRepoError(HubError, ValueError):
+    """The repo has nothing DistillDesk can convert (no safetensors weights, or an unsupported architecture)."""
+
+
 class DiskSpaceError(DistillDeskError, OSError):
     """Not enough free disk for the job."""
 
