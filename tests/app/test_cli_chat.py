@@ -22,9 +22,8 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:  # TEMP until quantizer.convert lands
-    from app.core.demo import demo_gguf_path
-    return demo_gguf_path()
+def model_path(smollm2_gguf) -> Path:
+    return smollm2_gguf("Q8_0")
 
 
 def _greedy_reference(model_path, messages, max_tokens):

@@ -30,9 +30,8 @@ GREEDY = SamplingSettings(greedy=True, max_tokens=24)
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:  # TEMP until quantizer.convert lands
-    from app.core.demo import demo_gguf_path
-    return demo_gguf_path()
+def model_path(smollm2_gguf) -> Path:
+    return smollm2_gguf("Q8_0")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def plain_llama(model_path):
 def test_info_and_backend(engine, model_path):
     info = engine.info
     assert info.architecture == "llama" and info.vocab_size == 49152 and info.context_length == 8192
-    assert info.file_type == "Q4_1" and info.size_bytes == model_path.stat().st_size
+    assert info.file_type == "Q8_0" and info.size_bytes == model_path.stat().st_size
     assert 130_000_000 < info.n_params < 140_000_000          # SmolLM2-135M
     assert info.n_ctx == engine.n_ctx == 1024
     assert "<|im_start|>" in info.chat_template
@@ -210,13 +209,13 @@ def test_cancel_before_start_returns_at_the_first_token(engine):
 
 
 def test_seeded_sampling_is_reproducible(engine):
-    s = SamplingSettings(seed=1234, max_tokens=20, temperature=1.0)
+    s = SamplingSettings(seed=1234, max_tokens=10, temperature=1.0)
     a = engine.complete("My favourite animal is", settings=s).text
     b = engine.complete("My favourite animal is", settings=s).text
     assert a == b
-    others = {engine.complete("My favourite animal is", settings=SamplingSettings(seed=k, max_tokens=20,
+    others = {engine.complete("My favourite animal is", settings=SamplingSettings(seed=k, max_tokens=10,
                                                                                  temperature=1.0)).text
-              for k in range(4)}
+              for k in range(3)}
     assert len(others) > 1            # different seeds do sample differently
 
 
@@ -246,16 +245,24 @@ def test_earlier_reasoning_is_not_sent_back(engine):
     assert "SECRET" not in engine.prepare(msgs, max_tokens=10).text
 
 
-def test_follow_up_reuses_the_kv_cache_and_matches_a_fresh_engine(engine, model_path):
+def test_follow_up_reuses_the_kv_cache_like_llama_cpp_python(model_path):
+    """The second turn evaluates only the new tokens, and says exactly what llama-cpp-python's own chat (which
+    reuses its cache the same way) says.  (A fresh engine may differ slightly: llama.cpp is not batch-invariant,
+    and the first answer's KV entries were computed one token at a time.)"""
     msgs = [{"role": "user", "content": "Name a fruit."}]
-    r1 = engine.chat(msgs, settings=GREEDY)
-    msgs += [r1.as_message(), Message("user", "Name another one.")]
-    r2 = engine.chat(msgs, settings=GREEDY)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, verbose=False)
+    try:
+        with Engine(model_path, n_ctx=1024, n_threads=2) as e:
+            r1 = e.chat(msgs, settings=GREEDY)
+            ref1 = llm.create_chat_completion(msgs, temperature=0.0, max_tokens=24)
+            assert r1.text == ref1["choices"][0]["message"]["content"]
+            msgs += [{"role": "assistant", "content": r1.text}, {"role": "user", "content": "Name another one."}]
+            r2 = e.chat(msgs, settings=GREEDY)
+            ref2 = llm.create_chat_completion(msgs, temperature=0.0, max_tokens=24)
+    finally:
+        llm.close()
     assert r2.stats.prompt_tokens_evaluated < r2.stats.prompt_tokens / 2
-    with Engine(model_path, n_ctx=1024, n_threads=2) as fresh:
-        r2_fresh = fresh.chat(msgs, settings=GREEDY)
-    assert r2_fresh.stats.prompt_tokens_evaluated == r2_fresh.stats.prompt_tokens
-    assert r2.text == r2_fresh.text
+    assert r2.text == ref2["choices"][0]["message"]["content"]
 
 
 def test_overflow_drops_the_oldest_turns_and_says_so(model_path):
