@@ -7,6 +7,8 @@ other step is one whole-array float32 ufunc.  Chunks keep the working set in L2.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 F32 = np.float32
@@ -133,9 +135,15 @@ def qx_levels(x: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray) ->
 
 def _trial_iscales(mx: np.ndarray, nmax: int, rmse_type: int) -> np.ndarray:
     """Row 0: ``-nmax/max``; rows 1..18: ``-(nmax + 0.1f*is)/max`` for is = -9..-1, 1..9 (ggml's order)."""
-    steps = [] if rmse_type <= 0 else [i for i in range(-9, 10) if i]
+    return _trial_numerators(nmax, rmse_type > 0)[:, None] / mx
+
+
+@functools.lru_cache(maxsize=64)
+def _trial_numerators(nmax: int, search: bool) -> np.ndarray:
+    steps = [i for i in range(-9, 10) if i] if search else []
     num = np.array([F32(-nmax)] + [-(F32(nmax) + F32(0.1) * F32(i_s)) for i_s in steps], F32)
-    return num[:, None] / mx
+    num.flags.writeable = False
+    return num
 
 
 def _qx_super(xs, nmax, rmse_type, qws):
