@@ -23,6 +23,7 @@ from .qx_search import make_qkx3_quants, make_qx_quants, seq_sum0
 
 F32 = np.float32
 _CHUNK_BLOCKS = 2048
+_IMPL_ROW_ELEMS = 1 << 18
 _ROUNDF_HALF = np.uint32(0x3EFFFFFF)  # bits of 0.49999997f, see _roundf_inplace
 _SIGN = np.uint32(0x80000000)
 _LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
@@ -117,6 +118,18 @@ def _each_chunk(x: np.ndarray, type_size: int, encode) -> np.ndarray:
     return out.reshape(x.shape[0], -1)
 
 
+def _by_rows(x: np.ndarray, imatrix: np.ndarray, type_size: int, encode) -> np.ndarray:
+    """Run the weighted encoder ``encode(rows, imatrix, out_blocks)`` on blocks of whole rows (the weights need
+    a row's mean square) of ~1 MB, so that the weights and the search's temporaries stay in cache."""
+    rows, n = x.shape
+    out = np.empty((rows * n // 32, type_size), np.uint8)
+    step = max(1, _IMPL_ROW_ELEMS // n)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        encode(x[r0:r1], imatrix, out[r0 * n // 32:r1 * n // 32])
+    return out.reshape(rows, -1)
+
+
 def _row_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
     """``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2 = (sequential sum of x^2) / n_per_row``.
 
@@ -199,6 +212,20 @@ def _encode_q5_0(xb, out):
     _put_nibbles(out, 6, q)
 
 
+def _impl_q4_0(x, imatrix, out):
+    d, L = make_qx_quants(x.reshape(-1, 32), 8, 1, _row_weights(x, imatrix).reshape(-1, 32))
+    _put_f16(out, 0, d)
+    _put_nibbles(out, 2, L.view(np.uint8))
+
+
+def _impl_q5_0(x, imatrix, out):
+    d, L = make_qx_quants(x.reshape(-1, 32), 16, 1, _row_weights(x, imatrix).reshape(-1, 32))
+    q = L.view(np.uint8)
+    _put_f16(out, 0, d)
+    _put_qh(out, 2, q)
+    _put_nibbles(out, 6, q)
+
+
 class Q4_0(Kernel, qtype=QT.Q4_0, block_size=32, type_size=18):
     uses_imatrix = True
 
@@ -206,11 +233,7 @@ class Q4_0(Kernel, qtype=QT.Q4_0, block_size=32, type_size=18):
     def _quantize_rows(cls, x, imatrix):
         if imatrix is None:
             return _each_chunk(x, cls.type_size, _encode_q4_0)
-        d, L = make_qx_quants(x.reshape(-1, 32), 8, 1, _row_weights(x, imatrix).reshape(-1, 32))
-        out = np.empty((L.shape[0], cls.type_size), np.uint8)
-        _put_f16(out, 0, d)
-        _put_nibbles(out, 2, L.view(np.uint8))
-        return out.reshape(x.shape[0], -1)
+        return _by_rows(x, imatrix, cls.type_size, _impl_q4_0)
 
     @classmethod
     def _dequantize_blocks(cls, blocks):
@@ -225,13 +248,7 @@ class Q5_0(Kernel, qtype=QT.Q5_0, block_size=32, type_size=22):
     def _quantize_rows(cls, x, imatrix):
         if imatrix is None:
             return _each_chunk(x, cls.type_size, _encode_q5_0)
-        d, L = make_qx_quants(x.reshape(-1, 32), 16, 1, _row_weights(x, imatrix).reshape(-1, 32))
-        out = np.empty((L.shape[0], cls.type_size), np.uint8)
-        q = L.view(np.uint8)
-        _put_f16(out, 0, d)
-        _put_qh(out, 2, q)
-        _put_nibbles(out, 6, q)
-        return out.reshape(x.shape[0], -1)
+        return _by_rows(x, imatrix, cls.type_size, _impl_q5_0)
 
     @classmethod
     def _dequantize_blocks(cls, blocks):
@@ -270,12 +287,21 @@ def _encode_q5_1(xb, out):
     _put_nibbles(out, 8, q)
 
 
-def _asym_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int, type_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _asym_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int, out: np.ndarray) -> np.ndarray:
     d, the_min, q = make_qkx3_quants(x.reshape(-1, 32), nmax, _row_weights(x, imatrix).reshape(-1, 32))
-    out = np.empty((q.shape[0], type_size), np.uint8)
     _put_f16(out, 0, d)
     _put_f16(out, 2, -the_min)
-    return out, q
+    return q
+
+
+def _impl_q4_1(x, imatrix, out):
+    _put_nibbles(out, 4, _asym_impl(x, imatrix, 15, out))
+
+
+def _impl_q5_1(x, imatrix, out):
+    q = _asym_impl(x, imatrix, 31, out)
+    _put_qh(out, 4, q)
+    _put_nibbles(out, 8, q)
 
 
 class Q4_1(Kernel, qtype=QT.Q4_1, block_size=32, type_size=20):
@@ -285,9 +311,7 @@ class Q4_1(Kernel, qtype=QT.Q4_1, block_size=32, type_size=20):
     def _quantize_rows(cls, x, imatrix):
         if imatrix is None:
             return _each_chunk(x, cls.type_size, _encode_q4_1)
-        out, q = _asym_impl(x, imatrix, 15, cls.type_size)
-        _put_nibbles(out, 4, q)
-        return out.reshape(x.shape[0], -1)
+        return _by_rows(x, imatrix, cls.type_size, _impl_q4_1)
 
     @classmethod
     def _dequantize_blocks(cls, blocks):
@@ -302,10 +326,7 @@ class Q5_1(Kernel, qtype=QT.Q5_1, block_size=32, type_size=24):
     def _quantize_rows(cls, x, imatrix):
         if imatrix is None:
             return _each_chunk(x, cls.type_size, _encode_q5_1)
-        out, q = _asym_impl(x, imatrix, 31, cls.type_size)
-        _put_qh(out, 4, q)
-        _put_nibbles(out, 8, q)
-        return out.reshape(x.shape[0], -1)
+        return _by_rows(x, imatrix, cls.type_size, _impl_q5_1)
 
     @classmethod
     def _dequantize_blocks(cls, blocks):

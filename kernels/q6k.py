@@ -22,6 +22,7 @@ from .qx_search import GROUP_MAX_EPS, make_qx_scales, nearest_int, qx_levels, si
 
 F32 = np.float32
 QK_K = 256
+_CHUNK_BLOCKS = 1024  # super-blocks per chunk: 1 MB of float32 input
 
 
 def _super_scales(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,6 +49,21 @@ def _levels(xg: np.ndarray, dg: np.ndarray) -> np.ndarray:
     return iv.astype(np.uint8).reshape(-1, 16)
 
 
+def _encode(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    """Super-blocks (nb, 256) -> Q6_K blocks (nb, 210)."""
+    xg = xb.reshape(-1, 16)
+    scales, iscale, zero_g = make_qx_scales(xg, 32, 1, None if qw is None else qw.reshape(-1, 16))
+    d16, sc, zero_b = _super_scales(scales.reshape(-1, 16))
+    dg = (d16.astype(F32)[:, None] * sc.astype(F32)).reshape(-1)  # d * scales[j] per group
+    L = _levels(xg, dg)
+    dead = dg == 0  # ggml skips these groups and keeps make_qx_quants' levels
+    if dead.any():
+        L[dead] = qx_levels(xg[dead], iscale[dead], 32, zero_g[dead]).view(np.uint8)
+    L = L.reshape(-1, QK_K)
+    L[zero_b] = 0
+    return _pack(d16, sc, L)
+
+
 def _pack(d16: np.ndarray, sc: np.ndarray, L: np.ndarray) -> np.ndarray:
     nb = L.shape[0]
     out = np.empty((nb, 210), np.uint8)
@@ -71,18 +87,15 @@ class Q6_K(Kernel, qtype=QT.Q6_K, block_size=QK_K, type_size=210):
     @classmethod
     def _quantize_rows(cls, x, imatrix):
         rows, n = x.shape
-        xg = x.reshape(-1, 16)
-        qw = None if imatrix is None else np.broadcast_to(imatrix, (rows, n)).reshape(-1, 16)
-        scales, iscale, zero_g = make_qx_scales(xg, 32, 1, qw)
-        d16, sc, zero_b = _super_scales(scales.reshape(-1, 16))
-        dg = (d16.astype(F32)[:, None] * sc.astype(F32)).reshape(-1)  # d * scales[j] per group
-        L = _levels(xg, dg)
-        dead = dg == 0  # ggml skips these groups and keeps make_qx_quants' levels
-        if dead.any():
-            L[dead] = qx_levels(xg[dead], iscale[dead], 32, zero_g[dead]).view(np.uint8)
-        L = L.reshape(-1, QK_K)
-        L[zero_b] = 0
-        return _pack(d16, sc, L).reshape(rows, -1)
+        xb = x.reshape(-1, QK_K)  # super-blocks, row after row
+        nb = xb.shape[0]
+        qw = None if imatrix is None else imatrix.reshape(-1, QK_K)  # weights of a row's super-blocks
+        out = np.empty((nb, cls.type_size), np.uint8)
+        for b0 in range(0, nb, _CHUNK_BLOCKS):  # all temporaries of a chunk stay in cache
+            b1 = min(nb, b0 + _CHUNK_BLOCKS)
+            qwc = None if qw is None else qw[np.arange(b0, b1) % qw.shape[0]]
+            out[b0:b1] = _encode(xb[b0:b1], qwc)
+        return out.reshape(rows, -1)
 
     @classmethod
     def _dequantize_blocks(cls, blocks):

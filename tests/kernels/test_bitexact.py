@@ -198,3 +198,30 @@ def test_dequantize_wrong_size() -> None:
     data = kernels.quantize(np.ones((2, 64), np.float32), QT.Q8_0)
     with pytest.raises(ShapeError):
         kernels.dequantize(data, QT.Q8_0, (3, 64))
+
+
+def test_q6_k_chunks_split_rows(monkeypatch, smollm2_weights) -> None:
+    """Q6_K encodes in chunks of super-blocks; a chunk that starts mid-row must still pair each super-block
+    with its own imatrix columns."""
+    import kernels.q6k
+
+    monkeypatch.setattr(kernels.q6k, "_CHUNK_BLOCKS", 7)  # 1536-wide rows: 6 super-blocks per row
+    x = smollm2_weights["down_proj"][:9]
+    qw = _imatrix("some_zero", x.shape[1], seed=5)
+    for w in (None, qw):
+        assert_same_blocks(kernels.quantize(x, QT.Q6_K, imatrix=w, threads=1), ggml_quantize(x, QT.Q6_K, w),
+                           QT.Q6_K, f"chunked, imatrix={w is not None}")
+
+
+@pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1], ids=_id)
+def test_legacy_chunks(monkeypatch, qtype, smollm2_weights) -> None:
+    """The 32-value types encode in chunks of blocks (reference) or of whole rows (imatrix): odd chunk sizes
+    give the same bytes."""
+    import kernels.legacy
+
+    monkeypatch.setattr(kernels.legacy, "_CHUNK_BLOCKS", 5)
+    monkeypatch.setattr(kernels.legacy, "_IMPL_ROW_ELEMS", 4000)  # two 1536-wide rows per chunk
+    x = smollm2_weights["down_proj"][:5]
+    for w in (None, _imatrix("positive", x.shape[1], seed=3)):
+        assert_same_blocks(kernels.quantize(x, qtype, imatrix=w, threads=1), ggml_quantize(x, qtype, w),
+                           qtype, f"chunked, imatrix={w is not None}")
