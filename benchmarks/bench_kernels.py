@@ -27,18 +27,19 @@ ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K
 GOAL_TYPES = {"Q4_K", "Q5_K", "Q6_K", "Q8_0"}
 
 
-def measure(x: np.ndarray, qt, imatrix, ncpu: int, repeat: int, threads: bool) -> tuple[float, float, float, bool]:
-    """Best-of-``repeat`` seconds for ours (1 thread), ours (all threads) and ggml, the runs interleaved so that
-    load from other processes hits all three alike."""
+def measure(x: np.ndarray, qt, imatrix, ncpu: int, repeat: int, threads: bool,
+            clock=time.perf_counter) -> tuple[float, float, float, bool]:
+    """Best-of-``repeat`` seconds for ours (1 thread), ours (all threads, always wall clock) and ggml, the runs
+    interleaved so that load from other processes hits all three alike."""
     t1 = tn = tg = float("inf")
     same = True
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         ours = kernels.quantize(x, qt, imatrix=imatrix, threads=1)
-        t1 = min(t1, time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        t1 = min(t1, clock() - t0)
+        t0 = clock()
         ref = ggml_quantize(x, qt, imatrix)
-        tg = min(tg, time.perf_counter() - t0)
+        tg = min(tg, clock() - t0)
         same = same and np.array_equal(ours, ref)
         if threads:
             t0 = time.perf_counter()
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs per figure, best kept (default 2)")
     ap.add_argument("--imatrix", action="store_true", help="also pass a random positive imatrix")
     ap.add_argument("--skip-threads", action="store_true", help="skip the all-threads measurement")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the 1-thread runs by this thread's CPU time (steadier on a busy machine)")
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -62,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     ncpu = os.cpu_count() or 1
     mw = x.size / 1e6
     print(f"matrix {args.size}x{args.size} float32, imatrix={'yes' if args.imatrix else 'no'}, cpus={ncpu}, "
-          f"best of {args.repeat}")
+          f"best of {args.repeat}, 1-thread clock: {'CPU time' if args.cpu_time else 'wall'}")
     print(f"{'type':6} {'ours 1T':>10} {f'ours {ncpu}T':>10} {'ggml 1T':>10} {'ours/ggml':>10}  same bytes")
     for name in [t.strip().upper() for t in args.types.split(",") if t.strip()]:
         qt = kernels.GGMLQuantizationType[name]
-        t1, tn, tg, same = measure(x, qt, imatrix, ncpu, args.repeat, not args.skip_threads)
+        t1, tn, tg, same = measure(x, qt, imatrix, ncpu, args.repeat, not args.skip_threads,
+                                   time.thread_time if args.cpu_time else time.perf_counter)
         goal = "  (goal >= 1.0)" if name in GOAL_TYPES else ""
         all_threads = f"{mw / tn:10.1f}" if tn < float("inf") else f"{'-':>10}"
         print(f"{name:6} {mw / t1:10.1f} {all_threads} {mw / tg:10.1f} {tg / t1:9.2f}x  "
