@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import re
+import struct
 from pathlib import Path
 
 import gguf
@@ -79,18 +80,59 @@ def llama_fallbacks(log: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def read_gguf(path: Path) -> tuple[gguf.GGUFReader, dict[str, tuple[T, bytes]]]:
-    r = gguf.GGUFReader(str(path))
-    return r, {t.name: (T(t.tensor_type), bytes(np.asarray(t.data).view(np.uint8).reshape(-1))) for t in r.tensors}
+def read_gguf(path: Path) -> tuple[dict[str, object], dict[str, tuple[T, bytes]], int]:
+    """``(scalar metadata, {tensor: (type, data bytes)}, data-section bytes)`` of a GGUF v3 file.
 
+    A small reader of our own: gguf.GGUFReader parses a 49k-token vocabulary value by value, which takes
+    seconds per file; arrays are skipped here.
+    """
+    raw = memoryview(path.read_bytes())
+    pos = 8
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
-def field(r: gguf.GGUFReader, key: str):
-    f = r.fields.get(key)
-    return None if f is None else f.contents()
+    def take(fmt: str):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, raw, pos)[0]
+        pos += struct.calcsize("<" + fmt)
+        return v
 
+    def text() -> str:
+        nonlocal pos
+        n = take("Q")
+        pos += n
+        return bytes(raw[pos - n:pos]).decode("utf-8")
 
-def data_section_bytes(path: Path, r: gguf.GGUFReader) -> int:
-    return path.stat().st_size - r.data_offset
+    def skip(t: int, n: int) -> None:
+        nonlocal pos
+        if t == 8:
+            for _ in range(n):
+                pos += 8 + struct.unpack_from("<Q", raw, pos)[0]
+        else:
+            pos += n * struct.calcsize("<" + scalar[t])
+
+    assert bytes(raw[:4]) == b"GGUF" and struct.unpack_from("<I", raw, 4)[0] == 3
+    n_tensors, n_kv = take("Q"), take("Q")
+    kv: dict[str, object] = {}
+    for _ in range(n_kv):
+        key, t = text(), take("I")
+        if t == 9:  # array
+            it, n = take("I"), take("Q")
+            skip(it, n)
+        else:
+            kv[key] = text() if t == 8 else take(scalar[t])
+    infos = []
+    for _ in range(n_tensors):
+        name = text()
+        ne = [take("Q") for _ in range(take("I"))]
+        infos.append((name, ne, T(take("I")), take("Q")))
+    align = int(kv.get("general.alignment", ALIGNMENT))
+    start = pos + (-pos % align)
+    tensors = {}
+    for name, ne, qtype, off in infos:
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        nbytes = int(np.prod(ne[1:], dtype=np.int64)) * (ne[0] // block) * size
+        tensors[name] = (qtype, bytes(raw[start + off:start + off + nbytes]))
+    return kv, tensors, len(raw) - start
 
 
 # ---- synthetic models ----------------------------------------------------------------------------------------
@@ -196,13 +238,13 @@ def test_plan_matches_llama_quantize_on_synthetic_models(scenario, synthetic, tm
     for recipe, info in RECIPES.items():
         dst = tmp_path / f"{recipe}.gguf"
         log = llama_quantize(src, dst, info.ftype)
-        r, got = read_gguf(dst)
+        kv, got, data_bytes = read_gguf(dst)
         p = plan(recipe, tensors, params)
         want = {name: t.name for name, t in p.types.items()}
         assert {name: t.name for name, (t, _) in got.items()} == want, recipe
-        assert p.file_type == field(r, "general.file_type") == info.ftype
+        assert p.file_type == kv["general.file_type"] == info.ftype
         assert p.n_fallback == llama_fallbacks(log), recipe
-        assert p.n_bytes == data_section_bytes(dst, r), recipe
+        assert p.n_bytes == data_bytes, recipe
         assert p.bits_per_weight == pytest.approx(
             sum(len(b) for _, b in got.values()) * 8 / sum(int(np.prod(t.shape)) for t in tensors))
 
@@ -216,12 +258,23 @@ def test_plan_with_imatrix_matches_llama_quantize(scenario, synthetic, tmp_path)
     for recipe in ("Q4_0", "Q5_0", "Q4_K_M", "Q3_K_M"):
         dst = tmp_path / f"{recipe}.gguf"
         llama_quantize(src, dst, RECIPES[recipe].ftype, imatrix=imatrix)
-        _, got = read_gguf(dst)
+        _, got, _ = read_gguf(dst)
         with_im = plan(recipe, tensors, params, has_imatrix=True)
         assert {n: t.name for n, (t, _) in got.items()} == {n: t.name for n, t in with_im.types.items()}
         if recipe in ("Q4_0", "Q5_0") and scenario == "r1-qwen-1.5b":  # (qwen3-odd's ffn_down is F16 anyway)
             changed = {n for n, t in with_im.types.items() if t != plan(recipe, tensors, params).types[n]}
             assert changed == {f"blk.{i}.ffn_down.weight" for i in range(params.n_layer // 8)}
+
+
+def test_read_gguf_agrees_with_gguf_reader(synthetic, tmp_path):
+    src, _, _ = synthetic("qwen3-odd-ffn")
+    dst = tmp_path / "q.gguf"
+    llama_quantize(src, dst, RECIPES["Q4_K_M"].ftype)
+    kv, got, data_bytes = read_gguf(dst)
+    r = gguf.GGUFReader(str(dst))
+    assert kv["general.architecture"] == "qwen3" and kv["general.file_type"] == 15
+    assert data_bytes == dst.stat().st_size - r.data_offset
+    assert got == {t.name: (T(t.tensor_type), np.asarray(t.data).tobytes()) for t in r.tensors}
 
 
 # ---- readable checks of the rules on the synthetic shapes ---------------------------------------------------
@@ -318,20 +371,20 @@ def test_smollm2_equals_llama_quantize_of_our_f16(recipe, smollm2_gguf, tmp_path
     ours = smollm2_gguf(recipe)
     ref_path = tmp_path / f"llama-{recipe}.gguf"
     log = llama_quantize(smollm2_gguf("F16"), ref_path, RECIPES[recipe].ftype)
-    r_ours, got = read_gguf(ours)
-    _, want = read_gguf(ref_path)
+    kv, got, data_bytes = read_gguf(ours)
+    _, want, _ = read_gguf(ref_path)
     assert got.keys() == want.keys()
     for name, (qtype, data) in want.items():
         assert got[name][0] == qtype, name
         assert got[name][1] == data, f"{name} ({qtype.name}) bytes differ from llama.cpp's"
-    assert field(r_ours, "general.file_type") == RECIPES[recipe].ftype
-    assert field(r_ours, "general.quantization_version") == QUANTIZATION_VERSION
+    assert kv["general.file_type"] == RECIPES[recipe].ftype
+    assert kv["general.quantization_version"] == QUANTIZATION_VERSION
 
     tensors, params = smollm2_tensors()
     p = plan(recipe, tensors, params)
     assert {n: t for n, (t, _) in got.items()} == p.types
     assert p.n_fallback == llama_fallbacks(log)
-    assert p.n_bytes == data_section_bytes(ours, r_ours)  # the prediction is the file minus its header
+    assert p.n_bytes == data_bytes  # the prediction is the file minus its header
 
     text = _generate(ours)
     if recipe in ("F16", "Q8_0"):
