@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +35,15 @@ from typing import Any
 from urllib.parse import quote
 
 from . import hub_cache
-from .errors import DiskSpaceError, DownloadCancelled, HubError, OfflineError, UnsupportedRepoError
+from .errors import (
+    DiskSpaceError,
+    DownloadCancelled,
+    HubError,
+    IntegrityError,
+    OfflineError,
+    UnsupportedRepoError,
+)
+from .hub_cache import snapshot_complete
 from .hub_errors import hub_error, is_transient
 
 log = logging.getLogger(__name__)
@@ -42,10 +51,12 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 NEEDED_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
                 "chat_template.jinja", "generation_config.json")
-INDEX_FILE = "model.safetensors.index.json"
+INDEX_FILE = hub_cache.INDEX_FILE
 REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".onnx_data", ".h5", ".msgpack", ".pkl")
 DISK_MARGIN = 64 * 1024 * 1024  # free space kept beyond the bytes to fetch
 TIMEOUT = 10.0
+REPORT_BYTES = 1 << 20  # progress is reported at least this many bytes apart mid-file...
+REPORT_SECONDS = 0.1  # ...or this long apart
 
 
 # ---- settings, read at call time ------------------------------------------------------------------------------
@@ -237,19 +248,6 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     return snap if snapshot_complete(snap) else None
 
 
-def snapshot_complete(snap: Path) -> bool:
-    if not (snap / "config.json").is_file():
-        return False
-    index = snap / INDEX_FILE
-    if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return False
-        return bool(shards) and all((snap / s).is_file() for s in shards)
-    return any(p.is_file() for p in snap.glob("*.safetensors"))
-
-
 # ---- download -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DownloadProgress:
@@ -290,15 +288,25 @@ class _Job:
     done: int = 0
     fetched: int = 0
     file_done: dict[str, int] = field(default_factory=dict)
+    _last_done: int = 0
+    _last_time: float = 0.0
 
     @property
     def repo_dir(self) -> Path:
         return hub_cache.repo_folder(hub_cache_dir(), self.listing.repo_id)
 
-    def report(self, f: RepoFile, phase: str = "download") -> None:
-        if self.progress is not None:
-            self.progress(DownloadProgress(f.path, self.file_done.get(f.path, 0), f.size, self.done, self.total,
-                                           self.fetched, phase))
+    def report(self, f: RepoFile, phase: str = "download", *, force: bool = False) -> None:
+        """Call ``progress``; mid-file at most every REPORT_BYTES or REPORT_SECONDS (a GUI can forward every
+        call as a signal), always at a file's start and end and for other phases."""
+        if self.progress is None:
+            return
+        file_done = self.file_done.get(f.path, 0)
+        now = time.monotonic()
+        if (phase == "download" and not force and 0 < file_done < f.size
+                and self.done - self._last_done < REPORT_BYTES and now - self._last_time < REPORT_SECONDS):
+            return
+        self._last_done, self._last_time = self.done, now
+        self.progress(DownloadProgress(f.path, file_done, f.size, self.done, self.total, self.fetched, phase))
 
 
 def download(repo_id: str, *, revision: str | None = None, endpoint: str | None = None, token: str | None = None,
@@ -314,8 +322,7 @@ def download(repo_id: str, *, revision: str | None = None, endpoint: str | None 
     revision = revision or "main"
     listing = list_files(repo_id, revision=revision, endpoint=endpoint, token=token, timeout=timeout)
     if listing.offline:
-        snap = cached_snapshot(repo_id, revision)
-        assert snap is not None  # _cached_listing raised otherwise
+        snap = hub_cache.repo_folder(hub_cache_dir(), repo_id) / "snapshots" / listing.commit
         return DownloadResult(repo_id, revision, listing.commit, snap, [f.path for f in listing.files],
                               sum(f.size for f in listing.files), 0, offline=True, message=listing.message)
     ep, tok = endpoint_url(endpoint), resolve_token(token)
@@ -393,8 +400,14 @@ def _cached_ok(job: _Job, f: RepoFile) -> bool:
             p.unlink()
             continue
         if job.verify_cached:
-            hub_cache.check_digest(f.path, hub_cache.hash_file(p, hub_cache.new_hasher(f.size, f.sha256),
-                                                               cancel=job.cancel), f.sha256, f.blob_id, job.endpoint)
+            try:
+                hub_cache.check_digest(f.path, hub_cache.hash_file(p, hub_cache.new_hasher(f.size, f.sha256),
+                                                                   cancel=job.cancel),
+                                       f.sha256, f.blob_id, job.endpoint)
+            except IntegrityError:
+                for q in (pointer, p.resolve(), blob):
+                    q.unlink(missing_ok=True)
+                raise
         if p == blob:
             hub_cache.link_pointer(blob, pointer)
         return True
@@ -433,6 +446,7 @@ def _fetch(job: _Job, f: RepoFile) -> None:
         job.report(f, "cached")
         return
     job.file_done[f.path] = 0
+    job.report(f, force=True)
     blob = _blob(job, f)
 
     def on_bytes(n: int, fetched: bool) -> None:

@@ -17,6 +17,7 @@ written, so the sha256 (LFS files) or git blob id (small files) the Hub publishe
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from .errors import DownloadCancelled, IntegrityError
 
 log = logging.getLogger(__name__)
 
+INDEX_FILE = "model.safetensors.index.json"
 _BUFFER = 1 << 20  # write buffer: at most this much of a killed transfer is lost (and fetched again)
 MAX_RETRIES = 4  # transport errors in a row without new bytes before giving up (the partial file is kept)
 
@@ -49,6 +51,21 @@ def read_ref(repo_dir: Path, revision: str) -> str | None:
         return ref.read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
+
+
+def snapshot_complete(snap: Path) -> bool:
+    """The snapshot holds a convertible checkpoint: config.json and every shard its index names (or, without
+    an index, at least one *.safetensors)."""
+    if not (snap / "config.json").is_file():
+        return False
+    index = snap / INDEX_FILE
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return bool(shards) and all((snap / s).is_file() for s in shards)
+    return any(p.is_file() for p in snap.glob("*.safetensors"))
 
 
 def write_ref(repo_dir: Path, revision: str, commit: str) -> None:

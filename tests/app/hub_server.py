@@ -11,7 +11,8 @@ client raises its typed errors.  No X-Xet-* headers are sent, so clients use pla
 Test knobs (thread-safe): ``cut(path, after=N, then_status=None)`` closes the connection after N body bytes of
 the next GET of ``path`` (then answers ``then_status`` to later GETs of it until ``heal()``); ``stall(path,
 after=N)`` sends N bytes and then hangs until the server stops; ``corrupt.add(path)`` flips a byte in what is
-served (headers unchanged); ``api_delay`` delays API answers.  Every request is logged in ``requests`` with the
+served (headers unchanged); ``api_delay`` delays API answers; ``ignore_range`` answers ranged GETs with the
+whole file (200), as some proxies do.  Every request is logged in ``requests`` with the
 body bytes actually written, so tests measure bytes on the wire.
 """
 from __future__ import annotations
@@ -98,6 +99,7 @@ class HubServer:
         self.requests: list[Request] = []
         self.corrupt: set[str] = set()
         self.api_delay = 0.0
+        self.ignore_range = False  # answer 200 with the whole file, like some proxies do
         self._cuts: dict[str, tuple[int, int | None]] = {}
         self._failing: dict[str, int] = {}
         self._stalls: dict[str, int] = {}
@@ -343,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self, f: ServedFile, headers: dict[str, str]) -> None:
         start, end, status = 0, f.size, 200
-        rng = self.headers.get("Range")
+        rng = None if self.hub.ignore_range else self.headers.get("Range")
         if rng:
             m = re.match(r"bytes=(\d+)-(\d*)$", rng.strip())
             if not m or int(m.group(1)) >= f.size:

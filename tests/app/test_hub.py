@@ -149,6 +149,19 @@ def test_a_failed_download_resumes_next_run_fetching_only_the_rest(small_repo, s
     assert (res.path / BIG).read_bytes() == small_files[BIG] and partials() == []
 
 
+def test_a_server_that_ignores_range_makes_the_file_start_over_cleanly(small_repo, small_files):
+    small_repo.cut(BIG, after=1_500_000, then_status=503)
+    with pytest.raises(HubError):
+        hubmod.download(SMALL_REPO)
+    small_repo.heal()
+    small_repo.ignore_range = True
+    events = []
+    res = hubmod.download(SMALL_REPO, progress=events.append)
+    assert small_repo.file_gets(BIG)[-1].body_bytes == len(small_files[BIG])  # whole file again
+    assert (res.path / BIG).read_bytes() == small_files[BIG]  # not the old prefix + the whole file
+    assert events[-1].done == events[-1].total == res.bytes_total
+
+
 def test_a_killed_download_resumes_without_starting_over(small_repo, small_files):
     stall = 3_500_000
     small_repo.stall(BIG, after=stall)
@@ -227,8 +240,12 @@ def test_verify_cached_rehashes_files_already_there(small_repo, small_files):
     data[100] ^= 1  # same size, different bytes
     blob.write_bytes(bytes(data))
     hubmod.download(SMALL_REPO)  # sizes match: trusted
-    with pytest.raises(IntegrityError, match="sha256"):
+    with pytest.raises(IntegrityError, match="sha256.*removed"):
         hubmod.download(SMALL_REPO, verify_cached=True)
+    wire = small_repo.body_bytes(SHARDS[0])
+    hubmod.download(SMALL_REPO, verify_cached=True)  # the bad copy is gone: fetched again, then all verified
+    assert small_repo.body_bytes(SHARDS[0]) - wire == len(small_files[SHARDS[0]])
+    assert (res.path / SHARDS[0]).read_bytes() == small_files[SHARDS[0]]
 
 
 def test_free_disk_is_checked_before_the_weights_are_fetched(small_repo, small_files, monkeypatch):
