@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         _wait_for(lambda: dlg.bar.value() > 0)
         _save(dlg, out, "02-demo-setup")
     _wait_for(lambda: win.chat.loaded_info() is not None)
+    _wait_for(lambda: win.library.group("SmolLM2-135M-Instruct") is not None
+              and len(win.library.group("SmolLM2-135M-Instruct").ggufs) == 2)
     chat = win.chat
     chat.max_tokens.setValue(80)
     chat.send("Give me three tips for writing clear code, as a short list.")
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = tmp / "broken.gguf"
     bad.write_bytes(b"not a gguf" * 100)
     win.library.add_file(bad)
-    box = next(b for b in errors._OPEN_BOXES)
+    _wait_for(lambda: bool(errors._OPEN_BOXES))
+    box = errors._OPEN_BOXES[0]
     _save(box, out, "09-error-dialog")
     box.close()
 

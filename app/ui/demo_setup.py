@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QProgressBar, Q
 
 from .errors import show_error
 from .library_model import output_path
+from .process_job import run_in_process
 from .workers import Job, ThreadRegistry
 
 DEMO_RECIPES = ("F16", "Q4_K_M")  # the reference, then the model to chat with
@@ -88,7 +89,9 @@ class DemoDialog(QDialog):
         lay.addWidget(self.bar)
         lay.addWidget(self.buttons)
         self.resize(520, 160)
-        self._job: Job | None = Job(setup_demo, registry=registry, name="demo-setup")
+        # in a child process, like any quantization (see app.ui.process_job)
+        self._job: Job | None = Job(run_in_process, "app.ui.demo_setup:setup_demo", registry=registry,
+                                    name="demo-setup")
         self._job.progress.connect(self._on_progress)
         self._job.done.connect(self._on_done)
         self._job.failed.connect(self._on_failed)

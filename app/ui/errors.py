@@ -87,6 +87,8 @@ _TABLE: list[tuple[str, str, str, str]] = [
      "It has been set aside and a new history started; earlier conversations are in the file named."),
     ("app.core.errors", "HistoryError", "The chat history cannot be saved",
      "Check that the data folder (Settings) is writable and not full."),
+    ("app.ui.process_job", "ChildProcessError_", "The job stopped unexpectedly",
+     "Close other programs (it may have run out of memory) and try again, or pick a smaller bit-width."),
     ("app.core.errors", "EngineError", "The model failed", "Try again, or reload the model from the Library."),
     ("quantizer.errors", "NotEnoughDiskError", "Not enough disk space for the GGUF",
      "Free some disk space or pick a smaller bit-width."),

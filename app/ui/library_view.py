@@ -5,6 +5,7 @@ on the GUI thread from the result.  When there is no model at all, an empty stat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -60,6 +61,11 @@ class LibraryView(QWidget):
         self._groups: list[lm.ModelGroup] = []
         self._scan_job: Job | None = None
         self._rescan = False
+        self._seq = 0  # scans started
+        self._applied = 0  # the newest scan shown
+        self._pending_select: Path | None = None
+        self._pending_then: list[Callable[[], None]] = []
+        self._add_jobs: list[Job] = []
         self._quality: dict[Path, tuple[float, float]] = {}
         self.model = QStandardItemModel(0, len(COLUMNS), self)
         self.model.setHorizontalHeaderLabels(COLUMNS)
@@ -146,23 +152,31 @@ class LibraryView(QWidget):
         self._quality.update({Path(p): v for p, v in quality.items()})
         self._fill()
 
-    def refresh(self) -> None:
-        """Rescan in a worker; ``refreshed`` fires when the tree shows the result."""
+    def refresh(self, *, select: Path | None = None, then: Callable[[], None] | None = None) -> None:
+        """Rescan in a worker (reading GGUF headers of big models takes a while); ``refreshed`` fires when the
+        tree shows the result, then ``select`` is selected and ``then()`` runs."""
+        if select is not None:
+            self._pending_select = Path(select)
+        if then is not None:
+            self._pending_then.append(then)
         if self._scan_job is not None:
-            self._rescan = True
+            self._rescan = True  # a scan is running: run another when it ends, so the result is current
             return
+        self._seq += 1
+        seq = self._seq
         s = self._settings()
-        job = Job(lm.scan, list(s.extra_model_dirs), list(getattr(s, "extra_gguf_files", [])),
-                  registry=self._registry, with_progress=False, with_cancel=False, name="library-scan")
-        job.done.connect(self._on_scanned)
+        job = Job(lm.scan, list(s.extra_model_dirs), list(s.extra_gguf_files), registry=self._registry,
+                  with_progress=False, with_cancel=False, name="library-scan")
+        job.done.connect(lambda groups: self._apply(seq, groups))
         job.failed.connect(lambda e: show_error(self, e, context="Listing the models failed"))
         job.finished.connect(self._on_scan_finished)
         self._scan_job = job.start()
 
     def refresh_now(self) -> None:
-        """Synchronous rescan (used at startup and by tests)."""
+        """Synchronous rescan (tests, tools).  A slower background scan started earlier cannot overwrite it."""
+        self._seq += 1
         s = self._settings()
-        self._on_scanned(lm.scan(s.extra_model_dirs, getattr(s, "extra_gguf_files", [])))
+        self._apply(self._seq, lm.scan(s.extra_model_dirs, s.extra_gguf_files))
 
     def _on_scan_finished(self) -> None:
         self._scan_job = None
@@ -170,9 +184,19 @@ class LibraryView(QWidget):
             self._rescan = False
             self.refresh()
 
-    def _on_scanned(self, groups: list[lm.ModelGroup]) -> None:
+    def _apply(self, seq: int, groups: list[lm.ModelGroup]) -> None:
+        if seq < self._applied:
+            return  # an older scan than what is shown
+        self._applied = seq
         self._groups = groups
         self._fill()
+        if self._scan_job is None or not self._rescan:
+            if self._pending_select is not None:
+                self.select_path(self._pending_select)
+                self._pending_select = None
+            then, self._pending_then = self._pending_then, []
+            for fn in then:
+                fn()
         self.refreshed.emit()
 
     def _fill(self) -> None:
@@ -302,6 +326,12 @@ class LibraryView(QWidget):
             lm.delete_gguf(p)
         except OSError as e:
             show_error(self, e, context=f"Deleting {p.name} failed")
+        s = self._settings()
+        if str(p) in s.extra_gguf_files:
+            s.extra_gguf_files.remove(str(p))
+            from .settings import save_settings
+
+            save_settings(s)
         self.refresh()
 
     def _add_file(self) -> None:
@@ -309,19 +339,24 @@ class LibraryView(QWidget):
         if fn:
             self.add_file(Path(fn))
 
-    def add_file(self, path: Path) -> None:
-        """Add a GGUF from anywhere on disk; a file that is not a valid GGUF is refused with the error dialog."""
+    def add_file(self, path: Path) -> Job:
+        """Add a GGUF from anywhere on disk.  Its header is checked in a worker; a file that is not a valid GGUF
+        is refused with the error dialog.  Returns the checking job (``finished`` when all is done)."""
         from app.core.logits import read_gguf_info
 
-        try:
-            read_gguf_info(path)
-        except Exception as e:  # noqa: BLE001 - one dialog, the app goes on
-            show_error(self, e)
-            return
+        job = Job(read_gguf_info, Path(path), registry=self._registry, with_progress=False, with_cancel=False,
+                  name="check-gguf")
+        job.done.connect(lambda _info: self._added(Path(path)))
+        job.failed.connect(lambda e: show_error(self, e))
+        job.finished.connect(lambda: self._add_jobs.remove(job) if job in self._add_jobs else None)
+        self._add_jobs.append(job)
+        return job.start()
+
+    def _added(self, path: Path) -> None:
         s = self._settings()
         if str(path) not in s.extra_gguf_files:
             s.extra_gguf_files.append(str(path))
             from .settings import save_settings
 
             save_settings(s)
-        self.refresh()
+        self.refresh(select=path)

@@ -69,8 +69,7 @@ class MainWindow(QMainWindow):
         self.chat.modelFailed.connect(lambda _e: self.model_status.setText("no model"))
         self.chat.replyFinished.connect(self._on_reply)
         self.resize(1280, 820)
-        self.library.refresh_now()
-        self.compare.set_groups(self.library.groups())
+        self.library.refresh()  # in a worker: the window shows at once, the list a moment later
         self.chat.conversations.refresh()
 
     # ---- chrome ---------------------------------------------------------------------------------------------
@@ -157,9 +156,7 @@ class MainWindow(QMainWindow):
             return {}
 
     def _on_quantized(self, path: Path) -> None:
-        self.library.refresh_now()
-        self.compare.set_groups(self.library.groups())
-        self.library.select_path(path)
+        self.library.refresh(select=path)  # the compare view follows through `refreshed`
 
     def open_download(self) -> None:
         from .download_dialog import open_download_dialog
@@ -194,10 +191,7 @@ class MainWindow(QMainWindow):
         return dlg
 
     def _on_demo_ready(self, paths: list[Path], chat: bool) -> None:
-        self.library.refresh_now()
-        self.compare.set_groups(self.library.groups())
-        self.compare.set_pair(paths[0], paths[-1])
-        self.library.select_path(paths[-1])
+        self.library.refresh(select=paths[-1], then=lambda: self.compare.set_pair(paths[0], paths[-1]))
         if chat:
             self.open_chat(paths[-1])
             if not self.chat.prompt.toPlainText():

@@ -29,8 +29,13 @@ from PySide6.QtWidgets import (
 from .errors import show_error
 from .library_model import ModelGroup, output_path
 from .library_view import human_size
+from .process_job import run_in_process
 from .quantize_plan import CheckpointFacts, checkpoint_facts
 from .workers import Job, ThreadRegistry
+
+# Quantize in a child process (see app.ui.process_job); tests that patch the quantizer's environment in this
+# process switch it off.
+IN_PROCESS = True
 
 COLUMNS = ["Bit-width", "Predicted size", "Bits/weight", "RAM needed", "Mean KL", "Top-1", "What it is"]
 DEFAULT_RECIPE = "Q4_K_M"
@@ -222,8 +227,12 @@ class QuantizeDialog(QDialog):
         kwargs: dict[str, Any] = {"threads": self.threads.value()}
         if self.imatrix.text().strip():
             kwargs["imatrix"] = Path(self.imatrix.text().strip())
-        job = Job(quantizer.convert, self.group.checkpoint.path, out, recipe, registry=self._registry,
-                  name="quantize", **kwargs)
+        if IN_PROCESS:  # the kernels get their own GIL: the GUI never waits for them
+            job = Job(run_in_process, "quantizer:convert", self.group.checkpoint.path, out, recipe,
+                      registry=self._registry, name="quantize", **kwargs)
+        else:
+            job = Job(quantizer.convert, self.group.checkpoint.path, out, recipe, registry=self._registry,
+                      name="quantize", **kwargs)
         job.progress.connect(self._on_progress)
         job.done.connect(self._on_done)
         job.failed.connect(self._on_failed)

@@ -81,6 +81,7 @@ def window(qtbot):
     win = create_main_window()
     qtbot.addWidget(win)
     win.show()
+    qtbot.waitUntil(lambda: win.library._scan_job is None, timeout=30000)  # the first listing, in a worker
     yield win
     import shiboken6
 

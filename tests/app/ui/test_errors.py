@@ -15,18 +15,26 @@ def _garbage(path, n=4096):
     return path
 
 
-def test_corrupt_and_truncated_gguf_from_disk_are_refused(window, error_reports, smollm2_gguf, tmp_path):
+def test_corrupt_and_truncated_gguf_from_disk_are_refused(window, error_reports, smollm2_gguf, tmp_path, qtbot):
     lib = window.library
-    lib.add_file(_garbage(tmp_path / "corrupt.gguf"))
     truncated = tmp_path / "truncated-Q8_0.gguf"
     with open(smollm2_gguf("Q8_0"), "rb") as f:
         truncated.write_bytes(f.read(3 * 2**20))
-    lib.add_file(truncated)
+    for bad in (_garbage(tmp_path / "corrupt.gguf"), truncated):
+        with qtbot.waitSignal(lib.add_file(bad).finished, timeout=30000):
+            pass
     assert [r.title for r in error_reports] == ["This model cannot be opened"] * 2
     assert "not a GGUF" in error_reports[0].message and "truncated" in error_reports[1].message
     assert "complete GGUF" in error_reports[0].advice
     assert window.settings.extra_gguf_files == []  # nothing broken was added
     assert window.isVisible()
+    # a good file from anywhere on disk is added, listed and selected
+    good = tmp_path / "elsewhere-Q8_0.gguf"
+    good.write_bytes(smollm2_gguf("Q8_0").read_bytes())
+    with qtbot.waitSignal(lib.refreshed, timeout=30000):
+        lib.add_file(good)
+    assert window.settings.extra_gguf_files == [str(good)] and lib.selected_path() == good
+    assert [e.file_type for e in lib.group("elsewhere").ggufs] == ["Q8_0"]
 
 
 def test_loading_a_truncated_gguf_fails_cleanly_then_a_good_one_loads(window, error_reports, library_models,

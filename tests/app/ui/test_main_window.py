@@ -26,6 +26,7 @@ def test_first_run_offers_the_demo_then_chats(window, qtbot):
     assert f16.is_file() and q4.is_file() and sig.args[0].file_type == "Q4_K_M"
     assert any("F16" in s for s in stages) and any("Q4_K_M" in s for s in stages)
     assert window.tabs.currentWidget() is window.chat and window.chat.prompt.toPlainText() == DEMO_PROMPT
+    qtbot.waitUntil(lambda: window.compare.candidate_path() == q4, timeout=30000)  # the listing, in a worker
     g = lib.group("SmolLM2-135M-Instruct")
     assert lib.stack.currentIndex() == 0 and g.checkpoint is not None
     assert [e.file_type for e in g.ggufs] == ["F16", "Q4_K_M"] and g.reference().path == f16

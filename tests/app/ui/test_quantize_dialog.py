@@ -56,10 +56,11 @@ def test_pick_a_bit_width_then_quantize(dialog, window, qtbot):
     # the prediction was right: tensor data as predicted, plus the header (vocabulary, template)
     assert 0 < out.stat().st_size - est["Q8_0"].size_bytes < 4 * 2**20
     # the new GGUF appears in the library, selected
+    qtbot.waitUntil(lambda: window.library.selected_path() == out, timeout=30000)
     g = window.library.group(NAME)
     q8 = next(e for e in g.ggufs if e.file_type == "Q8_0")
     assert q8.path == out and abs(q8.bpw - est["Q8_0"].bits_per_weight) < 0.01
-    assert window.library.selected_path() == out
+    qtbot.waitUntil(lambda: window.library.selected_path() == out, timeout=30000)
     assert dialog.cancel_button.text() == "Close"
 
 
@@ -79,7 +80,10 @@ def test_cancel_leaves_nothing_behind(dialog, qtbot):
 def test_full_disk_shows_one_dialog_and_the_app_goes_on(dialog, error_reports, monkeypatch, qtbot):
     import sys
 
+    import app.ui.quantize_dialog as qd
+
     conv = sys.modules["quantizer.convert"]  # the module (the package exports the function under that name)
+    monkeypatch.setattr(qd, "IN_PROCESS", False)  # the patched disk must be the quantizer's: same process
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(conv.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     dialog.select_recipe("Q6_K")
