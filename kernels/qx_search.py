@@ -287,8 +287,10 @@ def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
     t, tmp = np.empty_like(xt), np.empty_like(xt)
     p = np.empty((3, n, m), F32)
     sums = np.empty((3, m), F32)
-    best_l = _levels_guarded(xm, iscale, span, lo, hi, np.empty_like(xt), True)
-    best_mad = _mad(scale, mn, best_l, xt, w, use_mad, tmp)
+    _levels_guarded(xm, iscale, span, lo, hi, t, True)
+    best_mad = _mad(scale, mn, t, xt, w, use_mad, tmp)
+    # the levels ggml keeps are those of (lev_isc, lev_mn): recomputed once at the end, not copied per trial
+    lev_isc, lev_mn = iscale, mn
     mul = np.multiply
     for i_s in range(nstep + 1):
         isc = (rmin + rdelta * F32(i_s) + F32(nmax)) / (mx - mn)
@@ -310,13 +312,14 @@ def _qkx3_chunk(xt, w, nmax, rmin, rdelta, nstep, use_mad):
         mad = _mad(this_scale, this_min, t, xt, w, use_mad, tmp)
         upd = ok & (mad < best_mad)
         if upd.any():
-            np.copyto(best_l, t, where=upd)
+            lev_isc, lev_mn = np.where(upd, isc, lev_isc), np.where(upd, mn, lev_mn)
             best_mad = np.where(upd, mad, best_mad)
             scale = np.where(upd, this_scale, scale)
             mn = np.where(upd, this_min, mn)
             span = _span(mx, xmin, mn)
             risky = _risky(span, mx, mn, nmax, flat)
             np.subtract(xt, mn, xm)
+    best_l = _levels_guarded(xt - lev_mn, lev_isc, _span(mx, xmin, lev_mn), lo, hi, t, True)
     scale = np.where(flat, F32(0), scale)
     best_l[:, flat] = 0
     return scale, -mn, best_l.astype(np.uint8)
