@@ -389,3 +389,34 @@ def test_smollm2_equals_llama_quantize_of_our_f16(recipe, smollm2_gguf, tmp_path
     text = _generate(ours)
     if recipe in ("F16", "Q8_0"):
         assert "Paris" in text, text
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("recipe", ["Q4_0", "Q4_K_M"])
+def test_smollm2_with_imatrix_equals_llama_quantize(recipe, smollm2_checkpoint, smollm2_gguf, tmp_path):
+    """An imatrix file (GGUF format, as llama-imatrix writes it) read by quantizer.imatrix and applied by
+    convert gives llama.cpp's bytes when llama.cpp gets the same weights: the weighted encoders, the Q4_0
+    ffn_down guard, and the lookup by tensor name all agree."""
+    import quantizer
+    from quantizer.imatrix import read_imatrix
+    from tests.quantizer.test_imatrix import write_gguf_imatrix
+
+    tensors, _ = smollm2_tensors()
+    rng = np.random.default_rng(7)
+    stats = {t.name: (rng.gamma(2.0, 50.0, t.shape[-1]).astype(np.float32) * 512, np.array([512]))
+             for t in tensors if len(t.shape) == 2}
+    im_path = write_gguf_imatrix(tmp_path / "imatrix.gguf", stats)
+    ours = tmp_path / f"ours-{recipe}.gguf"
+    quantizer.convert(smollm2_checkpoint, ours, recipe, imatrix=im_path, threads=2)
+    ref = tmp_path / f"llama-{recipe}.gguf"
+    llama_quantize(smollm2_gguf("F16"), ref, RECIPES[recipe].ftype, imatrix=read_imatrix(im_path))
+    _, got, _ = read_gguf(ours)
+    _, want, _ = read_gguf(ref)
+    _, plain, _ = read_gguf(smollm2_gguf(recipe))
+    assert got.keys() == want.keys()
+    for name, (qtype, data) in want.items():
+        assert got[name] == (qtype, data), f"{name} ({qtype.name}) differs from llama.cpp's with the same imatrix"
+    # the imatrix made a difference: different bytes than without it
+    assert sum(got[n][1] != plain[n][1] for n in got) > 100
+    if recipe == "Q4_0":
+        assert got["blk.0.ffn_down.weight"][0] == T.Q4_1 and plain["blk.0.ffn_down.weight"][0] == T.Q4_0
