@@ -179,8 +179,8 @@ def _refuse_offline(what: str) -> None:
                            f"online, or use what is already downloaded (`distilldesk models`)")
 
 
-def search_models(query: str = "", *, limit: int = 20, endpoint: str | None = None, token: str | None = None,
-                  timeout: float = TIMEOUT) -> list[HubModel]:
+def search_models(query: str = "", *, limit: int = 20, endpoint: str | None = None,
+                  token: str | None = None) -> list[HubModel]:
     """Hub models matching ``query`` whose architecture the quantizer converts, most downloaded first."""
     _refuse_offline("Searching the Hub")
     ep, tok = endpoint_url(endpoint), resolve_token(token)
@@ -335,6 +335,8 @@ def download(repo_id: str, *, revision: str | None = None, endpoint: str | None 
         _check_disk(job, files)
         for f in files:
             _fetch(job, f)
+            if f.path == "config.json" and listing.architecture is None:  # the Hub did not say: check before
+                _check_architecture(listing.repo_id, _config_architecture(_snapshot_file(job, f.path)))  # weights
         hub_cache.write_ref(job.repo_dir, revision, listing.commit)
     snap = job.repo_dir / "snapshots" / listing.commit
     if files:
@@ -351,11 +353,23 @@ def _check_convertible(listing: RepoListing) -> None:
         raise UnsupportedRepoError(
             f"{listing.repo_id} has no config.json with *.safetensors weights{what}; DistillDesk converts only "
             f"safetensors checkpoints (pickle files can run code). Look for a safetensors version of the model")
-    arch = listing.architecture
-    if arch is not None and arch not in supported_architectures():
+    if listing.architecture is not None:
+        _check_architecture(listing.repo_id, listing.architecture)
+
+
+def _check_architecture(repo_id: str, arch: str | None) -> None:
+    if arch not in supported_architectures():
         raise UnsupportedRepoError(
-            f"{listing.repo_id} is a {arch}, which DistillDesk cannot convert; supported: "
-            f"{', '.join(supported_architectures())}")
+            f"{repo_id} is a {arch or 'model without an architecture in config.json'}, which DistillDesk cannot "
+            f"convert; supported: {', '.join(supported_architectures())}")
+
+
+def _config_architecture(path: Path) -> str | None:
+    try:
+        archs = json.loads(path.read_text(encoding="utf-8")).get("architectures") or [None]
+    except (OSError, ValueError, AttributeError):
+        return None
+    return archs[0]
 
 
 def _plan(job: _Job) -> list[RepoFile]:

@@ -100,6 +100,7 @@ class HubServer:
         self.corrupt: set[str] = set()
         self.api_delay = 0.0
         self.ignore_range = False  # answer 200 with the whole file, like some proxies do
+        self.hide_config = False  # model info without the "config" field (the Hub omits it for some repos)
         self._cuts: dict[str, tuple[int, int | None]] = {}
         self._failing: dict[str, int] = {}
         self._stalls: dict[str, int] = {}
@@ -282,7 +283,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "downloads": repo.downloads, "likes": repo.downloads // 10, "library_name": "transformers",
                 "tags": ["transformers", "safetensors", cfg.get("model_type", ""), "text-generation"],
                 "pipeline_tag": "text-generation",
-                "config": {"architectures": cfg.get("architectures"), "model_type": cfg.get("model_type")},
+                "config": None if self.hub.hide_config else {"architectures": cfg.get("architectures"),
+                                                             "model_type": cfg.get("model_type")},
                 "safetensors": {"parameters": {"BF16": n_params}, "total": n_params},
                 "siblings": siblings}
 

@@ -310,6 +310,11 @@ def test_unsupported_repos_are_refused_before_downloading(hub, small_files):
     with pytest.raises(UnsupportedRepoError, match="MistralForCausalLM.*cannot convert"):
         hubmod.download("org/mistral")
     assert hub.body_bytes() == 0
+    hub.hide_config = True  # the Hub does not say: config.json is read before any weights are fetched
+    assert hubmod.list_files("org/mistral").architecture is None
+    with pytest.raises(UnsupportedRepoError, match="MistralForCausalLM.*cannot convert"):
+        hubmod.download("org/mistral")
+    assert hub.body_bytes("config.json") > 0 and hub.body_bytes(SHARDS[0]) == hub.body_bytes(SHARDS[1]) == 0
 
 
 def free_port() -> int:
