@@ -277,6 +277,21 @@ def _answer_tokens(engine: Any, reply: Any) -> list[int]:
     return toks
 
 
+def _teacher_forced(ref_eng: Any, cand_eng: Any, prompt_tokens: list[int], answer: list[int],
+                    progress: ProgressFn | None, cancel: threading.Event | None) -> tuple[TokenMetrics, list[str]]:
+    """Score the reference's answer tokens (after the prompt) under both models; also the answer tokens' texts."""
+    seq = prompt_tokens + answer
+    first = len(prompt_tokens) - 1
+
+    def on_rows(done: int) -> None:
+        if progress is not None:
+            progress(Progress("scoring", done, len(answer)))
+
+    with LogitSource(ref_eng.llama) as rs, LogitSource(cand_eng.llama) as cs:
+        m, _ = score_tokens(rs, cs, seq, first, cancel=cancel, on_rows=on_rows)
+        return m, token_texts(rs, answer)
+
+
 def compare(reference: str | Path, candidate: str | Path, prompt: str, *, max_tokens: int = DEFAULT_MAX_TOKENS,
             n_ctx: int = DEFAULT_N_CTX, threads: int | None = None, progress: ProgressFn | None = None,
             cancel: threading.Event | None = None, on_reference_text: Callable[[str], None] | None = None,
@@ -310,17 +325,7 @@ def compare(reference: str | Path, candidate: str | Path, prompt: str, *, max_to
         with Engine(candidate, n_ctx=n_ctx, n_threads=threads) as cand_eng:
             cand_reply = _greedy(cand_eng, prompt_tokens, budget, "candidate", on_candidate_text, progress,
                                  cancel)
-            seq = list(prompt_tokens) + ref_answer
-            first = len(prompt_tokens) - 1
-            n_rows = len(seq) - 1 - first
-
-            def on_rows(done: int) -> None:
-                if progress is not None:
-                    progress(Progress("scoring", done, n_rows))
-
-            with LogitSource(ref_eng.llama) as rs, LogitSource(cand_eng.llama) as cs:
-                m, _ = score_tokens(rs, cs, seq, first, cancel=cancel, on_rows=on_rows)
-                texts = token_texts(rs, ref_answer)
+            m, texts = _teacher_forced(ref_eng, cand_eng, prompt_tokens, ref_answer, progress, cancel)
     records = [TokenRecord(index=k, token=int(t), text=texts[k], kl=float(m.kl[k]), top1_match=bool(m.top1[k]),
                            top5_overlap=float(m.top5[k]), p_ref=float(m.p_ref[k]), p_cand=float(m.p_cand[k]))
                for k, t in enumerate(ref_answer)]

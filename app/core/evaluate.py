@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -169,6 +169,36 @@ def _row(info: GgufInfo, acc: _Acc | None, ref_nll: np.ndarray, common: dict[str
                    **common)
 
 
+def _chunks_with_progress(chunks: list[list[int]], progress: ProgressFn | None) -> Iterator[list[int]]:
+    for ci, chunk in enumerate(chunks):
+        if progress is not None:
+            progress(Progress("evaluating", ci, len(chunks)))
+        yield chunk
+
+
+def _score_chunk(srcs: Sequence[LogitSource], accs: Sequence[_Acc], chunk: list[int], first: int,
+                 cancel: threading.Event | None) -> list[np.ndarray]:
+    """One chunk through the reference (``srcs[0]``) and every candidate in lockstep, batch by batch: the
+    reference's logits (a view of its llama.cpp buffer) are computed once and compared with each candidate's.
+    Appends to the candidates' accumulators; returns the reference's NLL per batch."""
+    ref_nll = []
+    gens = [s.rows(chunk, first, cancel=cancel) for s in srcs[1:]]
+    for i0, r in srcs[0].rows(chunk, first, cancel=cancel):
+        targets = chunk[i0 + 1:i0 + 1 + len(r)]
+        for g, acc in zip(gens, accs, strict=True):
+            _, c = next(g)
+            m = token_metrics(r, c, targets)
+            acc.kl.append(m.kl)
+            acc.top1.append(m.top1)
+            acc.top5.append(m.top5)
+            acc.nll.append(m.nll_cand)
+        ref_nll.append(m.nll_ref)
+    for g in gens:            # exhaust: each generator clears its model's KV cache on exit
+        for _ in g:
+            pass
+    return ref_nll
+
+
 def eval_ladder(reference: str | Path, candidates: Sequence[str | Path], text: str | Path | None = None, *,
                 n_ctx: int = 512, n_chunks: int | None = None, threads: int | None = None,
                 progress: ProgressFn | None = None, cancel: threading.Event | None = None,
@@ -203,26 +233,9 @@ def eval_ladder(reference: str | Path, candidates: Sequence[str | Path], text: s
         nb = min(s.n_batch for s in srcs)
         for s in srcs:
             s.n_batch = nb
-        ref_nll: list[np.ndarray] = []
         accs = [_Acc() for _ in candidates]
         t0 = time.perf_counter()
-        for ci, chunk in enumerate(chunks):
-            if progress is not None:
-                progress(Progress("evaluating", ci, len(chunks)))
-            gens = [s.rows(chunk, first, cancel=cancel) for s in srcs[1:]]
-            for i0, r in srcs[0].rows(chunk, first, cancel=cancel):
-                targets = chunk[i0 + 1:i0 + 1 + len(r)]
-                for g, acc in zip(gens, accs, strict=True):
-                    _, c = next(g)
-                    m = token_metrics(r, c, targets)
-                    acc.kl.append(m.kl)
-                    acc.top1.append(m.top1)
-                    acc.top5.append(m.top5)
-                    acc.nll.append(m.nll_cand)
-                ref_nll.append(m.nll_ref)
-            for g in gens:
-                for _ in g:
-                    pass
+        ref_nll = [_score_chunk(srcs, accs, chunk, first, cancel) for chunk in _chunks_with_progress(chunks, progress)]
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("evaluation cancelled")
         log.info("eval: %d chunks x %d models in %.1f s", len(chunks), len(engines), time.perf_counter() - t0)
@@ -231,7 +244,7 @@ def eval_ladder(reference: str | Path, candidates: Sequence[str | Path], text: s
     common = dict(n_chunks=len(chunks), n_ctx=n_ctx, text=text_name,
                   text_sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(), reference=str(ref_info.path),
                   evaluated_at=time.time())
-    nll = np.concatenate(ref_nll)
+    nll = np.concatenate([x for chunk in ref_nll for x in chunk])
     rows = [_row(ref_info, None, nll, common)]
     rows += [_row(ci, acc, nll, common) for ci, acc in zip(cand_infos, accs, strict=True)]
     if save:
