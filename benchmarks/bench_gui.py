@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     g = win.library.group("SmolLM2-135M-Instruct")
     dlg = win.open_quantize(g)
+    _wait_for(lambda: dlg.facts is not None)
     dlg.select_recipe(args.recipe)
     hb.start()
     t0 = time.perf_counter()

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # the quantize dialog, after making a Q8_0 through it
     g = win.library.group("SmolLM2-135M-Instruct")
     qd = win.open_quantize(g)
+    _wait_for(lambda: qd.facts is not None)
     qd.select_recipe("Q8_0")
     qd.start()
     _wait_for(lambda: not qd.is_running())

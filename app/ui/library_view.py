@@ -207,10 +207,13 @@ class LibraryView(QWidget):
             top = [QStandardItem(g.name)] + [QStandardItem("") for _ in COLUMNS[1:]]
             top[0].setData(("group", g), EntryRole)
             if g.checkpoint:
+                ck = g.checkpoint
                 top[1].setText("checkpoint")
-                top[2].setText(human_size(g.checkpoint.size_bytes))
-                top[4].setText("source (safetensors)")
-                top[0].setToolTip(str(g.checkpoint.path))
+                top[2].setText(human_size(ck.size_bytes))
+                top[4].setText("source (safetensors)" if ck.complete else "incomplete download")
+                top[0].setToolTip("\n".join(x for x in (ck.repo_id, ck.architecture, str(ck.path)) if x))
+                if not ck.complete:
+                    top[4].setForeground(QColor("#b26a00"))
             f = top[0].font()
             f.setBold(True)
             top[0].setFont(f)
@@ -287,10 +290,14 @@ class LibraryView(QWidget):
         group = self.selected_group()
         self.buttons["chat"].setEnabled(gguf is not None and gguf.ok)
         self.buttons["delete"].setEnabled(gguf is not None)
-        self.buttons["quantize"].setEnabled(group is not None and group.checkpoint is not None)
+        self.buttons["quantize"].setEnabled(group is not None and group.checkpoint is not None
+                                            and group.checkpoint.complete)
         ref = group.reference() if group else None
         self.buttons["compare"].setEnabled(gguf is not None and gguf.ok and ref is not None and gguf.path != ref.path)
-        if group is not None and group.checkpoint is None:
+        if group is not None and group.checkpoint is not None and not group.checkpoint.complete:
+            self.hint.setText(f"{group.name}: the download is incomplete (shards missing). Download it again: it "
+                              "resumes where it stopped.")
+        elif group is not None and group.checkpoint is None:
             self.hint.setText("This model has no checkpoint on disk, so it cannot be quantized again; download "
                               "its checkpoint to make other bit-widths.")
         elif gguf is not None and ref is None:

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from .errors import show_error
-from .library_model import ModelGroup, output_path
+from .library_model import ModelGroup, output_path, planned_output_path
 from .library_view import human_size
 from .process_job import run_in_process
 from .quantize_plan import CheckpointFacts, checkpoint_facts
@@ -59,6 +59,7 @@ def progress_parts(p: Any, types: dict[str, Any] | None = None) -> tuple[str, in
 
 class QuantizeDialog(QDialog):
     quantized = Signal(object)  # Path of the new GGUF
+    factsReady = Signal()  # the predictions are in the table
 
     def __init__(self, group: ModelGroup, registry: ThreadRegistry, settings_getter,
                  quality: dict[Path, tuple[float, float]] | None = None, parent: QWidget | None = None) -> None:
@@ -76,14 +77,11 @@ class QuantizeDialog(QDialog):
         self.error: BaseException | None = None
         s = settings_getter()
         assert group.checkpoint is not None
-        try:
-            self.facts = checkpoint_facts(group.checkpoint.path, n_ctx=s.context_size)
-        except Exception as e:  # noqa: BLE001 - shown in the dialog's place; the app goes on
-            self.error = e
-
-        head = QLabel(self._headline(s.context_size))
-        head.setObjectName("dialogHeadline")
-        head.setWordWrap(True)
+        self._n_ctx = s.context_size
+        self._quality = quality or {}
+        self.head = QLabel(f"Reading {group.name}'s checkpoint…")
+        self.head.setObjectName("dialogHeadline")
+        self.head.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("recipeTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -94,7 +92,6 @@ class QuantizeDialog(QDialog):
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         hh.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
-        self._fill(quality or {})
         self.table.itemSelectionChanged.connect(self._on_pick)
         self.table.doubleClicked.connect(lambda _i: self.start())
 
@@ -124,7 +121,7 @@ class QuantizeDialog(QDialog):
         self.tensor_bar = QProgressBar()
         self.tensor_bar.setObjectName("tensorProgress")
         self.tensor_bar.setFormat("tensors %v / %m")
-        self.tensor_bar.setRange(0, max(1, self.facts.n_tensors if self.facts else 1))
+        self.tensor_bar.setRange(0, 1)
         self.tensor_bar.setValue(0)
         self.overall_bar = QProgressBar()
         self.overall_bar.setObjectName("overallProgress")
@@ -141,7 +138,7 @@ class QuantizeDialog(QDialog):
         self.cancel_button.clicked.connect(self.cancel_or_close)
 
         lay = QVBoxLayout(self)
-        lay.addWidget(head)
+        lay.addWidget(self.head)
         lay.addWidget(self.table, 1)
         lay.addLayout(form)
         lay.addWidget(self.tensor_label)
@@ -149,15 +146,33 @@ class QuantizeDialog(QDialog):
         lay.addWidget(self.overall_bar)
         lay.addWidget(self.buttons)
         self.resize(980, 640)
+        self._on_pick()
+        # reading the checkpoint's headers and tokenizer (11 MB for R1) happens in a worker
+        self._facts_job: Job | None = Job(checkpoint_facts, group.checkpoint.path, registry=registry,
+                                          with_progress=False, with_cancel=False, name="quantize-plan",
+                                          n_ctx=self._n_ctx)
+        self._facts_job.done.connect(self._on_facts)
+        self._facts_job.failed.connect(self._on_facts_failed)
+        self._facts_job.finished.connect(lambda: setattr(self, "_facts_job", None))
+        self._facts_job.start()
+
+    def _on_facts(self, facts: CheckpointFacts) -> None:
+        self.facts = facts
+        self.head.setText(self._headline(self._n_ctx))
+        self._fill(self._quality)
+        self.tensor_bar.setRange(0, max(1, facts.n_tensors))
         self.select_recipe(DEFAULT_RECIPE)
-        if self.error is not None:
-            self.start_button.setEnabled(False)
-            show_error(self, self.error, context=f"{group.name} cannot be quantized")
+        self.factsReady.emit()
+
+    def _on_facts_failed(self, e: BaseException) -> None:
+        self.error = e
+        self.head.setText(f"{self.group.name}: the checkpoint cannot be read ({e}).")
+        self._on_pick()
+        show_error(self, e, context=f"{self.group.name} cannot be quantized")
 
     def _headline(self, n_ctx: int) -> str:
-        if self.facts is None:
-            return f"{self.group.name}: the checkpoint cannot be read ({self.error})."
         f = self.facts
+        assert f is not None
         return (f"<b>{f.name}</b>: {f.n_params / 1e9:.2f} B parameters, {f.n_layer} layers. Pick a bit-width: "
                 f"smaller files run faster and need less memory, at a cost in quality (mean KL divergence from the "
                 f"F16 model, measured by the eval ladder in Compare). RAM needed assumes a {n_ctx}-token context.")
@@ -202,7 +217,7 @@ class QuantizeDialog(QDialog):
 
     def _on_pick(self) -> None:
         r = self.selected_recipe()
-        self.output = output_path(self.group.name, r) if r else None
+        self.output = planned_output_path(self.group.name, r) if r else None
         self.out_label.setText(str(self.output) if self.output else "")
         self.start_button.setEnabled(r is not None and self._job is None and self.facts is not None)
 
@@ -284,14 +299,16 @@ class QuantizeDialog(QDialog):
         self._on_pick()
         self.cancel_button.setText("Close")
 
+    def _stop_jobs(self) -> None:
+        for job in (self._job, self._facts_job):
+            if job is not None:
+                job.cancel()
+                job.wait()
+
     def closeEvent(self, e) -> None:  # noqa: N802 - Qt API
-        if self._job is not None:
-            self._job.cancel()
-            self._job.wait()
+        self._stop_jobs()
         super().closeEvent(e)
 
     def reject(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-            self._job.wait()
+        self._stop_jobs()
         super().reject()

@@ -96,6 +96,7 @@ def test_eval_ladder_plots_each_bit_width_and_feeds_library_and_quantize_dialog(
     assert idx.siblingAtColumn(6).data() == f"{rows['Q4_K_M'].top1_agreement:.1%}"
     # ...and so does the quantize dialog, from the saved results
     dlg = window.open_quantize(lib.group("SmolLM2-135M-Instruct"))
+    qtbot.waitUntil(lambda: dlg.facts is not None, timeout=60000)
     assert dlg.row_text("Q4_K_M")[4] == f"{rows['Q4_K_M'].mean_kld:.4f}"
     assert dlg.row_text("Q4_K_M")[0] == "Q4_K_M  (on disk)"
     assert dlg.row_text("Q6_K")[4] == "not measured"

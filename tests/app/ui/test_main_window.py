@@ -84,6 +84,7 @@ def test_closing_during_generation_stops_and_joins(window, library_models, qtbot
 def test_closing_during_quantize_cancels_and_leaves_no_file(window, hf_smollm2, qtbot):
     window.library.refresh_now()
     dlg = window.open_quantize(window.library.group("SmolLM2-135M-Instruct"))
+    qtbot.waitUntil(lambda: dlg.facts is not None, timeout=60000)
     dlg.select_recipe("Q4_K_M")
     qtbot.mouseClick(dlg.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: dlg.tensor_bar.value() >= 1, timeout=120000)
