@@ -6,7 +6,7 @@ For each recipe (default Q4_K_M, Q6_K, Q8_0) it runs, each in its own fresh subp
 * llama: ``llama_cpp.llama_model_quantize(F16 GGUF, out, ftype, nthread=N)``, from the F16 GGUF our converter
   made of the same checkpoint (made once beforehand, not timed),
 
-and prints seconds, peak RSS (``ru_maxrss`` of the child) and the ratio ours/llama (goal: <= 1.0), plus whether
+and prints seconds, peak RSS (the child's VmHWM) and the ratio ours/llama (goal: <= 1.0), plus whether
 the two GGUFs hold identical tensors.  Usage::
 
     .venv/bin/python benchmarks/bench_quantize.py [--threads N] [--repeat R] [--recipes Q4_K_M,Q6_K,Q8_0]
@@ -31,9 +31,18 @@ DEFAULT_RECIPES = ("Q4_K_M", "Q6_K", "Q8_0")
 
 # ---- child jobs --------------------------------------------------------------------------------------------
 def _peak_rss_mib() -> float:
-    import resource
+    """This process's peak RSS.  VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of
+    a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # not Linux: ru_maxrss (bytes on macOS)
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _job_ours(src: str, out: str, recipe: str, threads: int) -> dict:
@@ -54,7 +63,8 @@ def _job_llama(src: str, out: str, recipe: str, threads: int) -> dict:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = RECIPES[recipe].ftype
     params.nthread = threads
-    llama_cpp.llama_log_set(llama_cpp.llama_log_callback(lambda *a: None), ctypes.c_void_p(0))
+    quiet = llama_cpp.llama_log_callback(lambda *a: None)  # kept alive for the whole call
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
     t0 = time.perf_counter()
     rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
     seconds = time.perf_counter() - t0
@@ -74,7 +84,7 @@ def _run_child(job: str, src: Path, out: Path, recipe: str, threads: int) -> dic
     cmd = [sys.executable, __file__, "--child", job, str(src), str(out), recipe, str(threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600)
     if res.returncode != 0:
-        raise RuntimeError(f"{job} {recipe} failed:\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"{job} {recipe} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
