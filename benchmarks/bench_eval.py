@@ -86,6 +86,26 @@ def _ours(paths: list[Path], tokens: list[int], n_ctx: int, threads: int) -> tup
             e.close()
 
 
+def report(ref: Path, cand: Path, *, n_tokens: int = 512, threads: int = 1, repeat: int = 3) -> None:
+    """Measure and print both sections (also run by ``bench_engine.py --only eval``)."""
+    from app.core.engine import Engine
+    from app.core.evaluate import load_text
+
+    with Engine(ref, n_ctx=n_tokens, n_threads=threads) as e:
+        tokens = e.llama.tokenize(load_text(None)[0].encode(), add_bos=True, special=False)[:n_tokens]
+    n = len(tokens) - 1
+    print(f"models: {ref.name} (reference), {cand.name} (candidate); {n} positions, threads={threads}")
+    for label, paths in (("logits", [ref]), ("pair", [ref, cand])):
+        ours, anchor = [float("inf")] * 2, [float("inf")] * 2
+        for _ in range(repeat):
+            ours = [min(a, b) for a, b in zip(ours, _ours(paths, tokens, n_tokens, threads), strict=True)]
+            anchor = [min(a, b) for a, b in zip(anchor, _anchor(paths, tokens, n_tokens, threads), strict=True)]
+        for k, clock in enumerate(("wall", "cpu")):
+            t_ours, t_anchor = n / ours[k], n / anchor[k]
+            print(f"teacher-forced eval [{label:6s}] ({clock:4s})  ours {t_ours:8.1f} tok/s   Llama.eval "
+                  f"{t_anchor:8.1f} tok/s   ratio {t_ours / t_anchor:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
@@ -97,23 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     ref, cand = (args.ref, args.cand) if args.ref and args.cand else _default_models()
 
-    from app.core.engine import Engine
-    from app.core.evaluate import load_text
-
-    with Engine(ref, n_ctx=args.tokens, n_threads=args.threads) as e:
-        tokens = e.llama.tokenize(load_text(None)[0].encode(), add_bos=True, special=False)[:args.tokens]
-    n = len(tokens) - 1
-    print(f"models: {ref.name} (reference), {cand.name} (candidate); {n} positions, threads={args.threads}")
-    for label, paths in (("logits", [ref]), ("pair", [ref, cand])):
-        ours, anchor = [float("inf")] * 2, [float("inf")] * 2
-        for _ in range(args.repeat):
-            ours = [min(a, b) for a, b in zip(ours, _ours(paths, tokens, args.tokens, args.threads), strict=True)]
-            anchor = [min(a, b) for a, b in zip(anchor, _anchor(paths, tokens, args.tokens, args.threads),
-                                                 strict=True)]
-        for k, clock in enumerate(("wall", "cpu")):
-            t_ours, t_anchor = n / ours[k], n / anchor[k]
-            print(f"teacher-forced eval [{label:6s}] ({clock:4s})  ours {t_ours:8.1f} tok/s   Llama.eval "
-                  f"{t_anchor:8.1f} tok/s   ratio {t_ours / t_anchor:.3f}")
+    report(ref, cand, n_tokens=args.tokens, threads=args.threads, repeat=args.repeat)
     return 0
 
 
