@@ -176,8 +176,6 @@ class _State:
     n_attention_wv: int
     i_attention_wv: int = 0
     i_ffn_down: int = 0
-    i_ffn_gate: int = 0
-    i_ffn_up: int = 0
     n_fallback: int = 0
 
     @property
@@ -291,13 +289,7 @@ def _rule_type(s: _State, recipe: str, t: TensorInfo, default: GGMLQuantizationT
         return _ffn_down_type(s, recipe, default, t.name)
     if cat == "attn_output":
         return _attn_output_type(s, recipe, default)
-    if cat in ("ffn_gate", "ffn_up"):  # only IQ3_XS changes these; the counters still advance
-        _ffn_layer(s, s.i_ffn_gate if cat == "ffn_gate" else s.i_ffn_up, t.name)
-        if cat == "ffn_gate":
-            s.i_ffn_gate += 1
-        else:
-            s.i_ffn_up += 1
-    return default
+    return default  # attn_q, ffn_gate, ffn_up, other: only IQ types (not offered) change them
 
 
 # tensor_type_fallback: a 256-block type whose rows do not fit falls back to a 32-block one
