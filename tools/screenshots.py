@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DISTILLDESK_DATA_DIR"] = str(tmp / "data")
     os.environ["DISTILLDESK_CACHE_DIR"] = str(tmp / "cache")
     os.environ["HF_HOME"] = str(tmp / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # screenshots never touch the network
 
     import app.ui.errors as errors
     from app.ui.main import create_main_window
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     sd = win.open_settings()
     _save(sd, out, "08-settings")
     sd.reject()
+
+    dd = win.open_download()
+    dd.catalog.selectRow(1)
+    _save(dd, out, "10-download")
+    dd.close()
 
     errors.HOOK = None
     bad = tmp / "broken.gguf"

@@ -158,13 +158,14 @@ class MainWindow(QMainWindow):
     def _on_quantized(self, path: Path) -> None:
         self.library.refresh(select=path)  # the compare view follows through `refreshed`
 
-    def open_download(self) -> None:
+    def open_download(self) -> Any:
         from .download_dialog import open_download_dialog
 
         dlg = open_download_dialog(self.registry, self)
-        if dlg is not None:
-            dlg.finished.connect(lambda _r: self.library.refresh())
-            self._keep(dlg)
+        dlg.downloaded.connect(lambda r: self.library.refresh(then=lambda: self.library.select_group(
+            r.repo_id.split("/")[-1])))
+        self._keep(dlg)
+        return dlg
 
     def open_settings(self) -> SettingsDialog:
         dlg = SettingsDialog(self.settings, self)

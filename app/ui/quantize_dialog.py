@@ -281,6 +281,10 @@ class QuantizeDialog(QDialog):
         self.overall_bar.setValue(1000)
         size = self.output.stat().st_size if self.output and self.output.exists() else 0
         self.tensor_label.setText(f"Done: {self.output.name if self.output else ''} ({human_size(size)})")
+        recipe = self.selected_recipe()
+        if recipe is not None:
+            item = self.table.item(self.recipes().index(recipe), 0)
+            item.setText(f"{recipe}  (on disk)")
         self.quantized.emit(self.output)
 
     def _on_failed(self, e: BaseException) -> None:

@@ -119,3 +119,28 @@ def test_regenerate_edit_and_resend_and_reopen_from_history(chat, qtbot):
     qtbot.mouseClick(chat.conversations.list.viewport(), Qt.MouseButton.LeftButton,
                      pos=chat.conversations.list.visualItemRect(item).center())
     assert [m.content for m in chat.model.messages()] == [PROMPT, answer]
+
+
+def test_r1_sampling_defaults_and_the_system_prompt_is_sent(chat, qtbot):
+    chat.greedy.setChecked(False)
+    chat.temperature.setValue(1.3)
+    chat.top_p.setValue(0.5)
+    qtbot.mouseClick(next(b for b in chat.findChildren(type(chat.send_button)) if b.text() == "R1 defaults"),
+                     Qt.MouseButton.LeftButton)
+    s = chat.sampling()
+    assert (s.temperature, s.top_p, s.greedy) == (0.6, 0.95, False)
+    chat.greedy.setChecked(True)
+    qtbot.mouseClick(chat.system_toggle, Qt.MouseButton.LeftButton)
+    assert chat.system_prompt.isVisibleTo(chat)
+    chat.system_prompt.setPlainText("You are a pirate. Answer like a pirate.")
+    with qtbot.waitSignal(chat.replyFinished, timeout=120000):
+        chat.send("Who are you?")
+    from app.core.engine import Engine, SamplingSettings
+
+    with Engine(chat.q8, n_ctx=1024, n_threads=1) as e:
+        want = e.chat([{"role": "system", "content": "You are a pirate. Answer like a pirate."},
+                       {"role": "user", "content": "Who are you?"}],
+                      settings=SamplingSettings(greedy=True, max_tokens=MAX_TOKENS)).answer
+        without = e.chat([{"role": "user", "content": "Who are you?"}],
+                         settings=SamplingSettings(greedy=True, max_tokens=MAX_TOKENS)).answer
+    assert chat.model.message(1).content == want != without  # the system prompt reached the model
