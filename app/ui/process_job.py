@@ -17,6 +17,7 @@ import importlib
 import logging
 import multiprocessing as mp
 import queue as queue_mod
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
+# Set to True by a frozen app's entry point once it has called multiprocessing.freeze_support().
+_FREEZE_SUPPORT_OK = False
 
 
 class ChildProcessError_(RuntimeError):  # noqa: N801 - not the builtin ChildProcessError (an OSError)
@@ -53,6 +56,11 @@ def _child(target: str, args: tuple, kwargs: dict, q: Any, cancel: Any) -> None:
 def run_in_process(target: str, *args: Any, progress: Callable[..., None] | None = None,
                    cancel: threading.Event | None = None, **kwargs: Any) -> Any:
     """Call ``target`` (``"module:function"``) in a child process; see the module docstring."""
+    if getattr(sys, "frozen", False) and not _FREEZE_SUPPORT_OK:
+        # A PyInstaller bundle can only spawn children when its entry point calls
+        # multiprocessing.freeze_support(); without that the child would start the whole app again.
+        log.info("frozen app: running %s in this process", target)
+        return _resolve(target)(*args, progress=progress, cancel=cancel, **kwargs)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     child_cancel = ctx.Event()
