@@ -22,12 +22,6 @@ from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 log = logging.getLogger(__name__)
 
-# The longest a single progress payload may be withheld: progress callbacks fire per tensor or per chunk, and a
-# flood of queued signals would itself stall the GUI, so the worker drops updates closer together than this
-# (the last one always goes through).
-PROGRESS_INTERVAL_S = 0.03
-
-
 class ThreadRegistry(QObject):
     """All live worker threads of the app (one instance per main window, or the module default)."""
 
@@ -83,14 +77,11 @@ class _JobWorker(QObject):
         self._streams = streams
         self._cancel = cancel
         self._with_progress = with_progress
-        self._last_emit = 0.0
 
     def _progress(self, *payload: Any) -> None:
-        now = time.monotonic()
-        value = payload[0] if len(payload) == 1 else payload
-        if now - self._last_emit >= PROGRESS_INTERVAL_S or _is_final(value):
-            self._last_emit = now
-            self.progress.emit(value)
+        # Every report is forwarded: the services already report at a sane rate (per tensor, per chunk, every
+        # MiB), and dropping one here could hide the last state before a long pause (a stalled download).
+        self.progress.emit(payload[0] if len(payload) == 1 else payload)
 
     @Slot()
     def run(self) -> None:
@@ -117,16 +108,6 @@ class _JobWorker(QObject):
                 self.done.emit(result)
         finally:
             self.finished.emit()
-
-
-def _is_final(value: Any) -> bool:
-    """A progress payload saying the job is complete (done == total) must never be dropped."""
-    if isinstance(value, tuple):  # (done, total); checked first: tuples have .index/.count methods
-        return len(value) >= 2 and all(isinstance(v, int) for v in value[:2]) and value[0] == value[1]
-    for a, b in (("done", "total"), ("index", "count"), ("bytes_done", "bytes_total")):
-        if hasattr(value, a) and hasattr(value, b):
-            return getattr(value, a) == getattr(value, b)
-    return False
 
 
 class Job(QObject):
