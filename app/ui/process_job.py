@@ -9,7 +9,8 @@ so the GUI stays smooth, and a crash in a kernel cannot take the window down.
 imports it); progress objects and the result travel back pickled; the target's own exception is re-raised in the
 parent with its type; the thread's ``threading.Event`` is mirrored into a ``multiprocessing.Event`` (the services
 only call ``cancel.is_set()``).  The "spawn" start method is used everywhere: forking a process that runs Qt and
-llama.cpp threads is not safe.
+llama.cpp threads is not safe.  As with any spawn-based multiprocessing, a script that opens the GUI must keep
+its top level import-safe (``if __name__ == "__main__":``): the child imports it as ``__mp_main__``.
 """
 from __future__ import annotations
 
