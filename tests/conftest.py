@@ -27,6 +27,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("DISTILLDESK_DATA_DIR", str(base / "data"))
+    monkeypatch.setenv("DISTILLDESK_CACHE_DIR", str(base / "cache"))
     yield
 
 
