@@ -1,17 +1,21 @@
 """The shape of every kernel: one small class per GGML type, registered by ``__init_subclass__``.
 
-The base class validates input and splits rows across threads; a subclass implements only
+The base class validates input and splits rows across threads (float warnings are silenced: ggml's overflow
+and NaN edge cases are reproduced, not reported); a subclass implements only
 
 * ``_quantize_rows(x, imatrix)``: ``x`` float32 ``(rows, n_per_row)`` (C-contiguous, finite, ``n_per_row`` a
-  multiple of ``block_size``), ``imatrix`` float32 ``(n_per_row,)`` or ``None`` -> uint8 ``(rows, row_bytes)``;
+  multiple of ``block_size``), ``imatrix`` float32 ``(n_per_row,)`` or ``None`` -> uint8 ``(rows, row_bytes)``
+  (or only ``_encode_rows``, the same for a chunk of rows, see below);
 * ``_dequantize_blocks(blocks)``: uint8 ``(n_blocks, type_size)`` -> float32 ``(n_blocks, block_size)``.
 
 Bit-exactness with ggml rests on three rules the subclasses follow:
 1. every float op in float32 (numpy scalars/arrays of dtype float32, never Python floats mixed in unless they
    are exactly representable and the op's result type stays float32);
-2. sums that ggml accumulates sequentially are accumulated sequentially (a Python loop over the block's
-   elements, vectorised across blocks), never ``np.sum`` (pairwise) or ``@``;
-3. ggml's ``nearest_int`` rounds half to even (``np.rint``), ``roundf`` rounds half away from zero.
+2. sums that ggml accumulates sequentially are accumulated sequentially (``_prims.seq_sum``: element after
+   element, vectorised across blocks), never ``np.sum`` (pairwise) or ``@``;
+3. ggml's rounding and its comparisons (NaN, ties, signed zeros) as ``_prims`` spells them out.
+Two helpers cut the work into cache-sized chunks: :meth:`Kernel._by_rows` (encoders that need whole rows)
+and :meth:`Kernel._by_blocks`.
 """
 from __future__ import annotations
 
@@ -42,8 +46,16 @@ class Kernel:
         _REGISTRY[qtype] = cls
 
     # ---- to implement -------------------------------------------------------------------------------------
+    # Either _quantize_rows, or _encode_rows(rows, imatrix) -> the rows' blocks, which the default
+    # _quantize_rows runs over chunks of whole rows of about ``chunk_values`` values.
+    chunk_values: ClassVar[int] = 1 << 19
+
     @classmethod
     def _quantize_rows(cls, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        return cls._by_rows(x, imatrix, cls._encode_rows, cls.chunk_values)
+
+    @classmethod
+    def _encode_rows(cls, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
     @classmethod
@@ -69,12 +81,14 @@ class Kernel:
             return np.zeros((0, out_bytes), np.uint8)
         threads = _resolve_threads(threads)
         if threads <= 1 or rows < 2 * _MIN_ROWS_PER_TASK:
-            return cls._quantize_rows(x, qw)
+            with np.errstate(all="ignore"):
+                return cls._quantize_rows(x, qw)
         out = np.empty((rows, out_bytes), np.uint8)
         step = max(_MIN_ROWS_PER_TASK, -(-rows // (threads * 4)))
 
         def work(r0: int) -> None:
-            out[r0:r0 + step] = cls._quantize_rows(x[r0:r0 + step], qw)
+            with np.errstate(all="ignore"):     # numpy's error state is per thread
+                out[r0:r0 + step] = cls._quantize_rows(x[r0:r0 + step], qw)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(work, range(0, rows, step)))
@@ -92,7 +106,38 @@ class Kernel:
         if raw.size != nbytes:
             raise ShapeError(f"{cls.qtype.name}: {raw.size} bytes given, {nbytes} expected for shape {shape}")
         blocks = raw.reshape(-1, cls.type_size)
-        return cls._dequantize_blocks(blocks).reshape(shape)
+        with np.errstate(all="ignore"):         # an fp16 scale of inf decodes to inf/NaN, as in ggml
+            return cls._dequantize_blocks(blocks).reshape(shape)
+
+    # ---- chunking helpers for subclasses ------------------------------------------------------------------
+    @classmethod
+    def _by_rows(cls, x: np.ndarray, imatrix: np.ndarray | None, encode, values: int) -> np.ndarray:
+        """``encode(rows, imatrix)`` (-> the rows' blocks, any shape) over chunks of whole rows of about
+        ``values`` values (at least one row): bounded temporaries, and arrays long enough for numpy."""
+        rows, n = x.shape
+        step = max(1, values // n)
+        if rows <= step:
+            return encode(x, imatrix).reshape(rows, -1)
+        out = np.empty((rows, cls.row_bytes(n)), np.uint8)
+        for r0 in range(0, rows, step):
+            out[r0:r0 + step] = encode(x[r0:r0 + step], imatrix).reshape(-1, out.shape[1])
+        return out
+
+    @classmethod
+    def _by_blocks(cls, x: np.ndarray, imatrix: np.ndarray | None, encode, blocks: int) -> np.ndarray:
+        """``encode(xb, qw, out)`` over chunks of ``blocks`` blocks (a chunk may start mid-row): ``xb`` float32
+        ``(m, block_size)``, ``qw`` the imatrix columns of each block ``(m, block_size)`` or None, ``out``
+        the chunk's uint8 ``(m, type_size)`` to fill."""
+        per_row = x.shape[1] // cls.block_size
+        xb = x.reshape(-1, cls.block_size)
+        nb = xb.shape[0]
+        qw = None if imatrix is None else imatrix.reshape(per_row, cls.block_size)
+        out = np.empty((nb, cls.type_size), np.uint8)
+        for b0 in range(0, nb, blocks):
+            b1 = min(nb, b0 + blocks)
+            qwc = None if qw is None else qw[np.arange(b0, b1) % per_row]
+            encode(xb[b0:b1], qwc, out[b0:b1])
+        return out.reshape(x.shape[0], -1)
 
 
 def _resolve_threads(threads: int | None) -> int:

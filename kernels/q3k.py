@@ -16,13 +16,14 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from ._packing import get_f16, put_2bit, put_bits, put_f16, unpack_2bit, unpack_bits
+from ._prims import F32, clip_nearest, nearest_int, seq_sum, signed_absmax
 from .base import Kernel
-from .q2k import in_row_chunks, pack_2bit, unpack_2bit
-from .q23_search import clip_nearest, make_q3_quants_t, nearest_int, seq_sum
 from .qx_search import make_qx_quants
+from .refine_search import make_q3_quants_t
 
 QK_K = 256
-_F0 = np.float32(0.0)
+_F0 = F32(0.0)
 
 
 def _pack_scales(ls: np.ndarray) -> np.ndarray:
@@ -53,23 +54,20 @@ def _requant(x: np.ndarray, L: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def _pack(L: np.ndarray, scale_bytes: np.ndarray, d16: np.ndarray) -> np.ndarray:
-    """Levels 0..7 ``(nb, 256)`` -> ggml blocks: high bit to hmask, low 2 bits to qs."""
+    """Levels 0..7 ``(nb, 256)`` -> ggml blocks: high bit to hmask (bit k of byte l: element 32k + l), low 2
+    bits to qs."""
     nb = L.shape[0]
-    hb = (L >> 2).reshape(nb, 8, 32)
-    hmask = hb[:, 0].copy()
-    for k in range(1, 8):
-        hmask |= hb[:, k] << k
     out = np.empty((nb, 110), np.uint8)
-    out[:, :32] = hmask
-    out[:, 32:96] = pack_2bit(L & 3)
+    put_bits(out, 0, (L >> np.uint8(2)).reshape(nb, 8, 32).transpose(0, 2, 1))
+    put_2bit(out, 32, L & np.uint8(3))
     out[:, 96:108] = scale_bytes
-    out[:, 108:110] = d16.reshape(nb, 1).view(np.uint8)
+    put_f16(out, 108, d16)
     return out
 
 
 def _group_d(d16: np.ndarray, scale_bytes: np.ndarray) -> np.ndarray:
     """ggml's ``d = GGML_FP16_TO_FP32(y[i].d) * sc`` for every group: ``(nb, 16)`` float32."""
-    return d16.astype(np.float32)[:, None] * _unpack_scales(scale_bytes).astype(np.float32)
+    return d16.astype(F32)[:, None] * _unpack_scales(scale_bytes).astype(F32)
 
 
 def _quantize_ref(xb: np.ndarray) -> np.ndarray:
@@ -77,11 +75,8 @@ def _quantize_ref(xb: np.ndarray) -> np.ndarray:
     xt = np.ascontiguousarray(xb.reshape(-1, 16).T)           # (16, groups): element i of every group in a row
     scales, lt = make_q3_quants_t(xt, 4, True)
     scales = scales.reshape(nb, 16)
-    a = np.abs(scales)
-    a[np.isnan(a)] = _F0                        # NaN (from x^3 overflowing, |x| > ~7e12) is never '>' amax
-    idx = a.argmax(axis=1)                      # first group with the largest |scale| (ggml's strict '>')
-    rows = np.arange(nb)
-    max_scale = np.where(a[rows, idx] > _F0, scales[rows, idx], _F0)
+    # the first scale of largest magnitude; NaN (from x^3 overflowing, |x| > ~7e12) never wins, as in ggml
+    _, max_scale = signed_absmax(scales, axis=1)
     nz = max_scale != _F0
     iscale = np.float32(-32.0) / max_scale
     l = nearest_int(iscale[:, None] * scales)
@@ -119,18 +114,14 @@ def _quantize_chunk(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 class Q3_K(Kernel, qtype=QT.Q3_K, block_size=QK_K, type_size=110):
     uses_imatrix = True
+    chunk_values = 1 << 19  # as Q2_K
+    _encode_rows = staticmethod(_quantize_chunk)
 
     @classmethod
-    def _quantize_rows(cls, x, imatrix):
-        return in_row_chunks(x, imatrix, _quantize_chunk, cls.type_size)
-
-    @classmethod
-    @np.errstate(all="ignore")                      # an fp16 d of inf decodes to inf/nan, as in ggml
     def _dequantize_blocks(cls, blocks):
         nb = blocks.shape[0]
-        d = blocks[:, 108:110].copy().view(np.float16).astype(np.float32)          # (nb, 1)
-        dl = d * _unpack_scales(blocks[:, 96:108]).astype(np.float32)             # (nb, 16)
+        dl = get_f16(blocks, 108) * _unpack_scales(blocks[:, 96:108]).astype(F32)   # (nb, 16)
         q = unpack_2bit(blocks[:, 32:96]).astype(np.int8)                        # (nb, 256)
-        hm = blocks[:, :32].reshape(nb, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
-        q = q - (((hm & 1) ^ 1) << 2).astype(np.int8).reshape(nb, QK_K)
-        return (dl[:, :, None] * q.reshape(nb, 16, 16).astype(np.float32)).reshape(nb, QK_K)
+        hm = unpack_bits(blocks[:, :32]).transpose(0, 2, 1).reshape(nb, QK_K)   # element 32k + l: bit k of l
+        q -= ((hm ^ np.uint8(1)) << np.uint8(2)).astype(np.int8)
+        return (dl[:, :, None] * q.reshape(nb, 16, 16).astype(F32)).reshape(nb, QK_K)

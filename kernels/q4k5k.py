@@ -22,16 +22,18 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from ._packing import get_f16, put_bits, put_f16, put_nibbles, unpack_bits, unpack_nibbles
+from ._prims import F32, max_gt_zero, nearest_int, seq_sum
 from .base import Kernel
-from .kquant_search import F32, make_qp_quants, nearest_int, qkx_search_t, seq_sum0
+from .qkx_search import qkx_search_t
+from .refine_search import make_qp_quants_t
 
 QK_K = 256
-_U4 = np.uint8(4)  # numpy scalars keep uint8 shifts on numpy's fast path
 
 
 def _ref_weights(xt: np.ndarray, k0: int, ctx) -> np.ndarray:
     """quantize_row_q*_K_ref's weights: av_x + |x| with av_x = sqrt(sum x^2 / 32) of the sub-block."""
-    av_x = np.sqrt(seq_sum0(xt * xt) / F32(32))
+    av_x = np.sqrt(seq_sum(xt * xt) / F32(32))
     wt = np.abs(xt)
     wt += av_x
     return wt
@@ -42,7 +44,7 @@ def _impl_weights(xt: np.ndarray, k0: int, ctx) -> np.ndarray:
     x, qw = ctx                                           # x (n_sub, 32) of the whole chunk, qw (n_sub, 32)
     k1 = k0 + xt.shape[1]
     xs = np.ascontiguousarray(x[k0:k1].reshape(-1, QK_K).T)    # (256, n_super): the super-block's order
-    sigma2 = F32(2) * seq_sum0(xs * xs) / F32(QK_K)
+    sigma2 = F32(2) * seq_sum(xs * xs) / F32(QK_K)
     wt = xt * xt
     wt += np.repeat(sigma2, 8)
     np.sqrt(wt, out=wt)
@@ -50,7 +52,7 @@ def _impl_weights(xt: np.ndarray, k0: int, ctx) -> np.ndarray:
     return wt
 
 
-# Sub-blocks per search piece (see kquant_search.SEARCH_VALUES); the weights are made piece by piece too.
+# Sub-blocks per search piece (see qkx_search.SEARCH_VALUES); the weights are made piece by piece too.
 SEARCH_SUB_BLOCKS = 8192
 
 
@@ -67,24 +69,16 @@ def _search(xs: np.ndarray, weights, ctx, nmax: int, rmin: float, rdelta: float,
         wt = weights(xt, k0, ctx)
         k1 = k0 + xt.shape[1]
         if qkx3:
-            sw[k0:k1] = seq_sum0(wt)
+            sw[k0:k1] = seq_sum(wt)
         scales[k0:k1], mins[k0:k1], lt = qkx_search_t(xt, wt, nmax, rmin, rdelta, nstep, False)
         lev[k0:k1] = lt.T
     return scales, mins, sw, lev
 
 
-def _max_from_zero(v: np.ndarray) -> np.ndarray:
-    """``float m = 0; for (j) if (v[j] > m) m = v[j];`` over axis 1 of (n_super, 8)."""
-    m = np.zeros(v.shape[0], F32)
-    for j in range(v.shape[1]):
-        m = np.where(v[:, j] > m, v[:, j], m)
-    return m
-
-
 def _ref_scales(scales: np.ndarray, mins: np.ndarray):
     """6-bit scales/mins of the ref encoder: the largest maps to 63.  Returns ls, lm uint8 (n_super, 8), d, dmin."""
-    max_scale = _max_from_zero(scales)
-    max_min = _max_from_zero(mins)
+    max_scale = max_gt_zero(scales, axis=1)          # 'if (scales[j] > max_scale)' from 0
+    max_min = max_gt_zero(mins, axis=1)
     with np.errstate(divide="ignore", over="ignore"):
         inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(F32)
         inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(F32)
@@ -132,113 +126,67 @@ def _final_levels(xs, lev, sc, m, d16, dmin16, nmax):
 
 def _encode(x: np.ndarray, imatrix: np.ndarray | None, nmax: int, rmin: float, nstep: int, cap63: bool):
     """Shared Q4_K/Q5_K encoder: returns d, dmin (fp16), scales[12], final levels L (n_super, 256) uint8."""
-    # overflow/invalid/zero division happen exactly where they happen in ggml (huge or subnormal blocks)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        xs = x.reshape(-1, 32)
-        if imatrix is None:
-            scales, mins, _, lev = _search(xs, _ref_weights, None, nmax, rmin, 0.1, nstep, False)
-            ls, lm, d, dmin = _ref_scales(scales.reshape(-1, 8), mins.reshape(-1, 8))
-        else:
-            qw = np.tile(imatrix.reshape(-1, 32), (x.shape[0], 1))
-            scales, mins, sw, lev = _search(xs, _impl_weights, (xs, qw), nmax, -0.9, 0.05, 36, True)
-            sw8 = np.ascontiguousarray(sw.reshape(-1, 8).T)
-            d_block, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(-1, 8).T), 63, sw8)
-            m_block, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(-1, 8).T), 63, sw8)
-            ls, lm = ls.T, lm.T
-            d, dmin = d_block.astype(np.float16), m_block.astype(np.float16)
-            if cap63:  # quantize_row_q5_K_impl clamps to 63, q4_K's does not
-                ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
-        packed = _pack_scales(ls, lm)
-        sc, m = _unpack_scales(packed)
-        q = _final_levels(xs, lev, sc, m, d, dmin, nmax)
+    xs = x.reshape(-1, 32)
+    if imatrix is None:
+        scales, mins, _, lev = _search(xs, _ref_weights, None, nmax, rmin, 0.1, nstep, False)
+        ls, lm, d, dmin = _ref_scales(scales.reshape(-1, 8), mins.reshape(-1, 8))
+    else:
+        qw = np.tile(imatrix.reshape(-1, 32), (x.shape[0], 1))
+        scales, mins, sw, lev = _search(xs, _impl_weights, (xs, qw), nmax, -0.9, 0.05, 36, True)
+        sw8 = np.ascontiguousarray(sw.reshape(-1, 8).T)
+        d_block, ls = make_qp_quants_t(np.ascontiguousarray(scales.reshape(-1, 8).T), 63, sw8)
+        m_block, lm = make_qp_quants_t(np.ascontiguousarray(mins.reshape(-1, 8).T), 63, sw8)
+        ls, lm = ls.T, lm.T
+        d, dmin = d_block.astype(np.float16), m_block.astype(np.float16)
+        if cap63:  # quantize_row_q5_K_impl clamps to 63, q4_K's does not
+            ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+    packed = _pack_scales(ls, lm)
+    sc, m = _unpack_scales(packed)
+    q = _final_levels(xs, lev, sc, m, d, dmin, nmax)
     return d, dmin, packed, q.reshape(-1, QK_K)
 
 
-def _header(d, dmin, packed, nsuper: int) -> np.ndarray:
-    head = np.empty((nsuper, 16), np.uint8)
-    head[:, 0:2] = d.reshape(-1, 1).view(np.uint8)
-    head[:, 2:4] = dmin.reshape(-1, 1).view(np.uint8)
-    head[:, 4:16] = packed
-    return head
-
-
-# Values per encoder call: large enough that make_qp_quants' short loops over the eight sub-blocks of a
-# super-block run on long vectors, small enough that the call's full-size temporaries stay modest.
-VALUES_PER_CHUNK = 1 << 21
-
-
-def _in_chunks(x: np.ndarray, imatrix: np.ndarray | None, encode, type_size: int) -> np.ndarray:
-    rows, n = x.shape
-    step = max(1, VALUES_PER_CHUNK // n)
-    if rows <= step:
-        return encode(x, imatrix)
-    out = np.empty((rows, n // QK_K * type_size), np.uint8)
-    for r0 in range(0, rows, step):
-        out[r0:r0 + step] = encode(x[r0:r0 + step], imatrix)
-    return out
-
-
-class Q4_K(Kernel, qtype=QT.Q4_K, block_size=QK_K, type_size=144):
+class _Q45K:
+    """Q4_K and Q5_K: ``d | dmin | scales[12] | qh[32] (Q5_K) | qs[128]``; ``ref`` = (nmax, rmin, nstep) of
+    the reference encoder's make_qkx2_quants call."""
     uses_imatrix = True
+    bits: int
+    ref: tuple[int, float, int]
+    # Values per encoder call: large enough that make_qp_quants' short loops over the eight sub-blocks of a
+    # super-block run on long vectors, small enough that the call's full-size temporaries stay modest.
+    chunk_values = 1 << 21
 
     @classmethod
-    def _quantize_rows(cls, x, imatrix):
-        return _in_chunks(x, imatrix, cls._quantize_chunk, cls.type_size)
-
-    @classmethod
-    def _quantize_chunk(cls, x, imatrix):
-        d, dmin, packed, q = _encode(x, imatrix, 15, -1.0, 20, False)
-        nsuper = q.shape[0]
-        q = q.reshape(nsuper, 4, 2, 32)
-        out = np.empty((nsuper, 144), np.uint8)
-        out[:, :16] = _header(d, dmin, packed, nsuper)
-        out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << _U4)).reshape(nsuper, 128)
-        return out.reshape(x.shape[0], -1)
+    def _encode_rows(cls, x, imatrix):
+        nmax, rmin, nstep = cls.ref
+        d, dmin, packed, q = _encode(x, imatrix, nmax, rmin, nstep, cap63=cls.bits == 5)
+        out = np.empty((q.shape[0], cls.type_size), np.uint8)
+        put_f16(out, 0, d)
+        put_f16(out, 2, dmin)
+        out[:, 4:16] = packed
+        col = 16
+        if cls.bits == 5:       # bit 4 of the level of sub-block j, value l -> bit j of qh[l]
+            put_bits(out, 16, (q >> np.uint8(4)).reshape(-1, 8, 32).transpose(0, 2, 1))
+            col = 48
+        put_nibbles(out, col, q, 32)
+        return out
 
     @classmethod
     def _dequantize_blocks(cls, blocks):
-        qs = blocks[:, 16:].reshape(-1, 4, 1, 32)
-        q = np.concatenate([qs & 0xF, qs >> 4], axis=2)      # (n, 4, 2, 32)
-        return _decode(blocks, q.reshape(-1, 8, 32))
+        """dequantize_row_q{4,5}_K: y = (d*sc) * q - (dmin*m) per sub-block."""
+        col = 16 if cls.bits == 4 else 48
+        q = unpack_nibbles(blocks[:, col:], 32).reshape(-1, 8, 32)
+        if cls.bits == 5:
+            q |= unpack_bits(blocks[:, 16:48]).transpose(0, 2, 1) << np.uint8(4)
+        sc, m = _unpack_scales(blocks[:, 4:16])
+        d1 = (get_f16(blocks, 0) * sc.astype(F32))[:, :, None]
+        m1 = (get_f16(blocks, 2) * m.astype(F32))[:, :, None]
+        return (d1 * q.astype(F32) - m1).reshape(-1, QK_K)
 
 
-class Q5_K(Kernel, qtype=QT.Q5_K, block_size=QK_K, type_size=176):
-    uses_imatrix = True
-
-    @classmethod
-    def _quantize_rows(cls, x, imatrix):
-        return _in_chunks(x, imatrix, cls._quantize_chunk, cls.type_size)
-
-    @classmethod
-    def _quantize_chunk(cls, x, imatrix):
-        d, dmin, packed, q = _encode(x, imatrix, 31, -0.5, 15, True)
-        nsuper = q.shape[0]
-        q = q.reshape(nsuper, 8, 32)
-        hi = q >> _U4
-        qh = np.zeros((nsuper, 32), np.uint8)
-        for j in range(8):
-            qh |= hi[:, j] << np.uint8(j)
-        lo = (q & np.uint8(0xF)).reshape(nsuper, 4, 2, 32)
-        out = np.empty((nsuper, 176), np.uint8)
-        out[:, :16] = _header(d, dmin, packed, nsuper)
-        out[:, 16:48] = qh
-        out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << _U4)).reshape(nsuper, 128)
-        return out.reshape(x.shape[0], -1)
-
-    @classmethod
-    def _dequantize_blocks(cls, blocks):
-        qs = blocks[:, 48:].reshape(-1, 4, 1, 32)
-        q = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)
-        qh = blocks[:, 16:48]
-        hi = np.stack([(qh >> j) & 1 for j in range(8)], axis=1)   # (n, 8, 32)
-        return _decode(blocks, q | (hi << 4))
+class Q4_K(_Q45K, Kernel, qtype=QT.Q4_K, block_size=QK_K, type_size=144):
+    bits, ref = 4, (15, -1.0, 20)
 
 
-def _decode(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """dequantize_row_q{4,5}_K: y = (d*sc) * q - (dmin*m) per sub-block; q uint8 (n, 8, 32)."""
-    d = blocks[:, 0:2].copy().view(np.float16).astype(F32)      # (n, 1)
-    dmin = blocks[:, 2:4].copy().view(np.float16).astype(F32)
-    sc, m = _unpack_scales(blocks[:, 4:16])
-    d1 = (d * sc.astype(F32))[:, :, None]
-    m1 = (dmin * m.astype(F32))[:, :, None]
-    return (d1 * q.astype(F32) - m1).reshape(-1, QK_K)
+class Q5_K(_Q45K, Kernel, qtype=QT.Q5_K, block_size=QK_K, type_size=176):
+    bits, ref = 5, (31, -0.5, 15)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from ._packing import get_f16, put_2bit, put_f16, put_nibbles, unpack_2bit, unpack_nibbles
+from ._prims import F32, GROUP_MAX_EPS, clip, nearest_int, signed_absmax
 from .base import Kernel
-from .qx_search import GROUP_MAX_EPS, make_qx_scales, nearest_int, qx_levels, signed_absmax
+from .qx_search import make_qx_scales, qx_levels
 
-F32 = np.float32
 QK_K = 256
 _CHUNK_BLOCKS = 1024  # super-blocks per chunk: 1 MB of float32 input
 
@@ -28,7 +29,7 @@ _CHUNK_BLOCKS = 1024  # super-blocks per chunk: 1 MB of float32 input
 def _super_scales(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """From group scales (nb, 16): fp16 d, int8 scales and the all-zero super-blocks."""
     # (a NaN scale, from sums that overflowed at |x| > ~1e12, never wins: signed_absmax skips NaN like ggml)
-    amax, max_scale = signed_absmax(np.ascontiguousarray(scales.T))
+    amax, max_scale = signed_absmax(scales, axis=1)
     zero = amax < GROUP_MAX_EPS
     max_scale[zero] = 1  # placeholder; zero super-blocks are written as all-zero bytes
     iscale = F32(-128) / max_scale
@@ -41,16 +42,15 @@ def _super_scales(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _levels(xg: np.ndarray, dg: np.ndarray) -> np.ndarray:
     """``MAX(-32, MIN(31, nearest_int(x/d))) + 32`` as uint8 for groups (G, 16) with d (G,) (d != 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = xg.reshape(-1) / np.repeat(dg, 16)  # flat: a (G,16)/(G,1) broadcast is 3x slower
-    iv = nearest_int(t)  # ggml's bit trick: also right for the inf/NaN quotients of an overflowed fp16 d
-    np.clip(iv, np.array(-32, np.int32), np.array(31, np.int32), iv)
+    t = xg.reshape(-1) / np.repeat(dg, 16)  # flat: a (G,16)/(G,1) broadcast is 3x slower
+    iv = nearest_int(t, inplace=True)  # ggml's bit trick: also right for the inf/NaN quotients of an fp16 d of inf
+    clip(iv, np.array(-32, np.int32), np.array(31, np.int32), iv)
     iv += 32
     return iv.astype(np.uint8).reshape(-1, 16)
 
 
-def _encode(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-    """Super-blocks (nb, 256) -> Q6_K blocks (nb, 210)."""
+def _encode(xb: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
+    """Super-blocks (nb, 256) -> Q6_K blocks into ``out`` (nb, 210)."""
     xg = xb.reshape(-1, 16)
     scales, iscale, zero_g = make_qx_scales(xg, 32, 1, None if qw is None else qw.reshape(-1, 16))
     d16, sc, zero_b = _super_scales(scales.reshape(-1, 16))
@@ -61,24 +61,10 @@ def _encode(xb: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         L[dead] = qx_levels(xg[dead], iscale[dead], 32, zero_g[dead]).view(np.uint8)
     L = L.reshape(-1, QK_K)
     L[zero_b] = 0
-    return _pack(d16, sc, L)
-
-
-def _pack(d16: np.ndarray, sc: np.ndarray, L: np.ndarray) -> np.ndarray:
-    nb = L.shape[0]
-    out = np.empty((nb, 210), np.uint8)
-    q = L.reshape(nb, 2, 4, 32)  # [half][quarter][l]
-    lo = q & np.uint8(15)
-    hi = q >> np.uint8(4)
-    ql = out[:, :128].reshape(nb, 2, 2, 32)
-    np.bitwise_or(lo[:, :, :2], lo[:, :, 2:] << np.uint8(4), out=ql)
-    qh = out[:, 128:192].reshape(nb, 2, 32)
-    np.bitwise_or(hi[:, :, 0], hi[:, :, 1] << np.uint8(2), out=qh)
-    qh |= hi[:, :, 2] << np.uint8(4)
-    qh |= hi[:, :, 3] << np.uint8(6)
+    put_nibbles(out, 0, L, 64)                       # ql: low 4 bits, values l and l+64 of each 128
+    put_2bit(out, 128, L >> np.uint8(4))             # qh: high 2 bits, like Q2_K's qs
     out[:, 192:208] = sc.view(np.uint8)
-    out[:, 208:210] = d16.view(np.uint8).reshape(nb, 2)
-    return out
+    put_f16(out, 208, d16)
 
 
 class Q6_K(Kernel, qtype=QT.Q6_K, block_size=QK_K, type_size=210):
@@ -86,25 +72,12 @@ class Q6_K(Kernel, qtype=QT.Q6_K, block_size=QK_K, type_size=210):
 
     @classmethod
     def _quantize_rows(cls, x, imatrix):
-        rows, n = x.shape
-        xb = x.reshape(-1, QK_K)  # super-blocks, row after row
-        nb = xb.shape[0]
-        qw = None if imatrix is None else imatrix.reshape(-1, QK_K)  # weights of a row's super-blocks
-        out = np.empty((nb, cls.type_size), np.uint8)
-        for b0 in range(0, nb, _CHUNK_BLOCKS):  # all temporaries of a chunk stay in cache
-            b1 = min(nb, b0 + _CHUNK_BLOCKS)
-            qwc = None if qw is None else qw[np.arange(b0, b1) % qw.shape[0]]
-            out[b0:b1] = _encode(xb[b0:b1], qwc)
-        return out.reshape(rows, -1)
+        return cls._by_blocks(x, imatrix, _encode, _CHUNK_BLOCKS)  # all temporaries of a chunk stay in cache
 
     @classmethod
     def _dequantize_blocks(cls, blocks):
         nb = blocks.shape[0]
-        ql = blocks[:, :128].reshape(nb, 2, 2, 32)
-        qh = blocks[:, 128:192].reshape(nb, 2, 1, 32)
-        lo = np.concatenate([ql & np.uint8(15), ql >> np.uint8(4)], axis=2)  # (nb, 2, 4, 32)
-        hi = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & np.uint8(3)
-        q = ((lo | (hi << np.uint8(4))).astype(np.int8) - np.int8(32)).astype(F32).reshape(nb, 16, 16)
+        q = unpack_nibbles(blocks[:, :128], 64) | (unpack_2bit(blocks[:, 128:192]) << np.uint8(4))
+        q = (q.astype(np.int8) - np.int8(32)).astype(F32).reshape(nb, 16, 16)
         sc = blocks[:, 192:208].view(np.int8).astype(F32)
-        d = blocks[:, 208:210].copy().view(np.float16).astype(F32)  # (nb, 1)
-        return ((d * sc)[:, :, None] * q).reshape(nb, QK_K)
+        return ((get_f16(blocks, 208) * sc)[:, :, None] * q).reshape(nb, QK_K)

@@ -43,3 +43,17 @@ def ggml_quantize(x: np.ndarray, qtype: QT, imatrix: np.ndarray | None = None) -
                                      None if qw is None else qw.ctypes.data)
     assert written == rows * rb, (written, rows * rb)
     return out
+
+
+def assert_same_blocks(ours: np.ndarray, ref: np.ndarray, qtype: QT, what: str = "") -> None:
+    """100% of blocks identical; the message counts the differing blocks and shows the first one."""
+    import kernels
+
+    assert ours.dtype == np.uint8 and ours.shape == ref.shape, (ours.dtype, ours.shape, ref.shape)
+    ts = kernels.get_kernel(qtype).type_size
+    a, b = ours.reshape(-1, ts), ref.reshape(-1, ts)
+    bad = np.flatnonzero((a != b).any(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        raise AssertionError(f"{qtype.name} {what}: {bad.size} of {len(a)} blocks differ from ggml; first: block "
+                             f"{i}\n  ours: {a[i].tolist()}\n  ggml: {b[i].tolist()}")

@@ -11,8 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 import kernels
 
-from .oracle import ggml_quantize
-from .test_bitexact import assert_same_blocks
+from .oracle import assert_same_blocks, ggml_quantize
 
 LEGACY = [QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1]
 FINITE = st.floats(width=32, allow_nan=False, allow_infinity=False)

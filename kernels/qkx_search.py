@@ -1,19 +1,18 @@
-"""ggml's scale/min searches for the k-quants with a min (Q2_K, Q4_K, Q5_K), vectorised across blocks.
+"""ggml's scale/min searches ``make_qkx2_quants`` / ``make_qkx3_quants``, vectorised across blocks, bit for bit.
 
-``make_qkx2_quants`` / ``make_qkx3_quants`` mirror the C functions of ``ggml-quants.c`` bit for bit;
-``make_qp_quants`` mirrors the one that quantizes a super-block's scales (imatrix encoders).
+Used by every type with a min: Q2_K, Q4_K, Q5_K (sub-block scales) and the weighted Q4_1/Q5_1 encoders.
 
-Layout: the cores work on *transposed* data ``(n, n_blocks)`` (element index first) so that
+Layout: the core works on *transposed* data ``(n, n_blocks)`` (element index first) so that
 ``np.add.reduce(..., axis=0)`` adds the n elements one after another, the order ggml's scalar loops use
 (numpy only sums pairwise along the contiguous last axis).  The public wrappers take ``(n_blocks, n)``.
 
-Rounding: ggml's ``nearest_int`` adds 1.5*2^23 and reads the mantissa, i.e. round-half-even for
-``|v| < 2^22`` and garbage (reproduced by :func:`nearest_int`) beyond.  Inside the searches the argument
-``iscale*(x - min)`` stays within a few units of ``[0, nmax]`` for finite ranges, so ``np.rint`` is used
-there; blocks that could leave that range (subnormal or overflowing ranges) switch to the bit trick.
+Rounding: ggml's ``nearest_int`` is round-half-even for ``|v| < 2^22`` and garbage (reproduced by
+:func:`~kernels._prims.nearest_int`) beyond.  Inside the search the argument ``iscale*(x - min)`` stays within
+a few units of ``[0, nmax]`` for finite ranges, so ``np.rint`` is used there; blocks that could leave that
+range (subnormal or overflowing ranges) switch to the bit trick.
 
-A quirk the port keeps: make_qkx2/3_quants overwrite ``min`` whenever a step wins, and the later steps
-quantize ``x - min`` and divide by ``max - min`` with that new min, so the steps are sequential per block.
+A quirk the port keeps: the searches overwrite ``min`` whenever a step wins, and the later steps quantize
+``x - min`` and divide by ``max - min`` with that new min, so the steps are sequential per block.
 Speed: the search streams about sixteen (n, nb) float32 passes per step through numpy, so the work is cut
 into cache-sized pieces (:data:`SEARCH_VALUES`) and everything per block (sums, scales, choices) is done
 on (nb,) vectors.
@@ -22,22 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-F32 = np.float32
-_MAGIC = F32(12582912.0)  # 1.5 * 2**23
-_MANT = np.int32(0x007FFFFF)
-_HALF = np.int32(0x00400000)
-# numpy scalars, not Python ints: array-op-Python-int takes a slow path (about 10x) in numpy 2
+from ._prims import F32, first_min, nearest_int, seq_sum
 
 
-def nearest_int(v: np.ndarray) -> np.ndarray:
-    """ggml's ``nearest_int`` (float32 -> int32), including its behaviour for huge/non-finite input."""
-    bits = (np.asarray(v, dtype=F32) + _MAGIC).view(np.int32)
-    bits &= _MANT
-    bits -= _HALF
-    return bits
-
-
-def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+def make_qkx2_quants(x: np.ndarray, nmax: int, weights: np.ndarray, rmin: float, rdelta: float, nstep: int,
                      use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml ``make_qkx2_quants`` for each row of ``x`` ``(n_blocks, n)`` with ``weights`` of the same shape.
 
@@ -50,33 +37,15 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     return scale, the_min, np.ascontiguousarray(lt.T)
 
 
-def make_qkx3_quants(x: np.ndarray, weights: np.ndarray | None, nmax: int, rmin: float, rdelta: float,
-                     nstep: int, use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ggml ``make_qkx3_quants``; like :func:`make_qkx2_quants` but ``weights=None`` means ``x*x``."""
+def make_qkx3_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None, rmin: float = -0.9,
+                     rdelta: float = 0.05, nstep: int = 36,
+                     use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml ``make_qkx3_quants``: :func:`make_qkx2_quants` where ``weights=None`` means ``x*x`` (the defaults
+    are the arguments of ggml's weighted Q4_1/Q5_1/Q2_K/Q4_K/Q5_K encoders)."""
     xt = np.ascontiguousarray(np.asarray(x, dtype=F32).T)
     wt = xt * xt if weights is None else np.ascontiguousarray(np.asarray(weights, dtype=F32).T)
     scale, the_min, lt = qkx_search_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad)
     return scale, the_min, np.ascontiguousarray(lt.T)
-
-
-def seq_sum(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Sequential sum over ``axis`` (ggml's ``float s = 0; for (i) s += a[i]``), never the last axis.
-
-    numpy reduces a non-contiguous axis element after element (and sums pairwise only along the contiguous
-    axis); with a single column the reduced axis *is* the contiguous one, so that case is summed by hand.
-    """
-    if a.shape[-1] > 1:
-        return np.add.reduce(a, axis=axis)
-    a = np.moveaxis(a, axis, 0)
-    acc = a[0].copy()
-    for i in range(1, a.shape[0]):
-        acc += a[i]
-    return acc
-
-
-def seq_sum0(a: np.ndarray) -> np.ndarray:
-    """:func:`seq_sum` over axis 0."""
-    return seq_sum(a, 0)
 
 
 def _weighted_error(s, m, lf, xt, wt, use_mad, tmp):
@@ -89,7 +58,7 @@ def _weighted_error(s, m, lf, xt, wt, use_mad, tmp):
     else:
         np.square(tmp, out=tmp)
     tmp *= wt
-    return seq_sum0(tmp)
+    return seq_sum(tmp)
 
 
 def quantize_levels(xt, mn, iscale, nmax, mx, xmin, out):
@@ -188,10 +157,11 @@ def _qkx_search_piece(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rd
     """
     n, nb = xt.shape
     xmin = xt.min(axis=0)
-    mn = np.minimum(xmin, F32(0))
+    mn = first_min(xt, lo=xmin.copy())             # the sign of a zero min is the first zero's, as in ggml
+    mn = np.where(mn > 0, F32(0), mn)               # 'if (min > 0) min = 0' (keeps a -0.0)
     mx = xt.max(axis=0)
-    sum_w = seq_sum0(wt)
-    sum_x = seq_sum0(wt * xt)
+    sum_w = seq_sum(wt)
+    sum_x = seq_sum(wt * xt)
     flat = mx == mn
     # flat blocks: L = 0, scale 0 (patched at the end); keep their numbers finite meanwhile
     flat_min = mn[flat]
@@ -235,85 +205,3 @@ def _qkx_search_piece(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rd
     mn[flat] = flat_min
     laux[:, flat] = 0
     return scale, -mn, laux.astype(np.uint8)
-
-
-def make_qp_quants(x: np.ndarray, nmax: int, quant_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ggml ``make_qp_quants`` on transposed data: ``x``, ``quant_weights`` float32 ``(n, nb)``.
-
-    Returns ``(scale (nb,), L uint8 (n, nb))``.  Negative levels wrap modulo 256 as ggml's ``uint8_t L[]``
-    does; they only occur for negative inputs, which the callers never produce in practice.
-    """
-    x = np.ascontiguousarray(x, dtype=F32)
-    w = np.ascontiguousarray(quant_weights, dtype=F32)
-    n, nb = x.shape
-    mx = np.zeros(nb, F32)
-    for i in range(n):
-        mx = np.where(mx > x[i], mx, x[i])
-    zero = mx < F32(1e-15)
-    mx[zero] = 1
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        iscale = _qp_best_iscale(x, w, nmax, mx)
-        lev = np.minimum(nearest_int(iscale * x), nmax)        # int levels; L[] holds them modulo 256
-        lf = lev.astype(F32)
-        wx = w * x
-        sumlx = seq_sum0(wx * lf)
-        suml2 = seq_sum0(w * lf * lf)
-        lw = lev & 0xFF
-        _qp_refine(x, w, wx, lw, sumlx, suml2, nmax)
-        result = np.where(suml2 > 0, sumlx / suml2, F32(0)).astype(F32)
-    result[zero] = 0
-    lw[:, zero] = 0
-    return result, lw.astype(np.uint8)
-
-
-def _qp_best_iscale(x: np.ndarray, w: np.ndarray, nmax: int, mx: np.ndarray) -> np.ndarray:
-    """make_qp_quants' first part: the iscale of nmax/max and its eight neighbours with the least error."""
-    iscale = F32(nmax) / mx
-    scale = F32(1) / iscale
-    lw = (nearest_int(iscale * x) & 0xFF).astype(F32)        # the first pass reads L[] back as uint8
-    diff = x - scale * lw
-    best = seq_sum0(w * diff * diff)
-    steps = np.array([-4, -3, -2, -1, 1, 2, 3, 4], F32)
-    iscale_is = (F32(0.1) * steps + F32(nmax))[:, None] / mx  # (8, nb)
-    scale_is = F32(1) / iscale_is
-    lev = np.minimum(nearest_int(iscale_is[:, None] * x), nmax).astype(F32)   # (8, n, nb)
-    diff = x - scale_is[:, None] * lev
-    mse = seq_sum(w * diff * diff, axis=1)                     # (8, nb)
-    for k in range(len(steps)):
-        upd = mse[k] < best
-        best = np.where(upd, mse[k], best)
-        iscale = np.where(upd, iscale_is[k], iscale)
-    return iscale
-
-
-def _qp_refine(x, w, wx, lw, sumlx, suml2, nmax) -> None:
-    """make_qp_quants' coordinate-descent passes (in place on lw, sumlx, suml2).
-
-    A block in which a pass changes nothing is finished (the next pass would see the same state), so each
-    pass runs only on the blocks the previous one changed.
-    """
-    active = np.arange(x.shape[1])
-    for _ in range(5):
-        xa, wa, wxa, la = x[:, active], w[:, active], wx[:, active], lw[:, active]
-        slx_a, sl2_a = sumlx[active], suml2[active]
-        changed = np.zeros(active.size, bool)
-        for i in range(x.shape[0]):
-            lf = la[i].astype(F32)
-            slx = slx_a - wxa[i] * lf
-            sl2 = sl2_a - wa[i] * lf * lf
-            new_l = np.minimum(nearest_int(xa[i] * sl2 / slx), nmax)
-            cand = (slx > 0) & (sl2 > 0) & (new_l != la[i])
-            if not cand.any():
-                continue
-            nf = new_l.astype(F32)
-            slx = slx + wxa[i] * nf
-            sl2 = sl2 + wa[i] * nf * nf
-            acc = cand & (slx * slx * sl2_a > slx_a * slx_a * sl2)
-            la[i] = np.where(acc, new_l & 0xFF, la[i])
-            slx_a = np.where(acc, slx, slx_a)
-            sl2_a = np.where(acc, sl2, sl2_a)
-            changed |= acc
-        lw[:, active], sumlx[active], suml2[active] = la, slx_a, sl2_a
-        active = active[changed]
-        if not active.size:
-            break

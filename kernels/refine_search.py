@@ -1,11 +1,15 @@
-"""Vectorised ports of ggml's ``make_q3_quants`` and ``make_qp_quants`` (ggml-quants.c), bit-exact.
+"""ggml's ``make_q3_quants`` and ``make_qp_quants``: a first guess, then coordinate-descent refinement passes.
+
+``make_q3_quants`` picks Q3_K's group scales (no imatrix); ``make_qp_quants`` quantizes a super-block's
+scales and mins against their summed importance (the imatrix encoders of Q2_K, Q4_K and Q5_K).  Both refine
+their levels element by element in up to five passes (:func:`_refine`), which is why they share a module.
 
 Each function works on many groups at once; the per-group state (sums, best error, current scale) lives in
 ``(n_groups,)`` arrays and the loops run over the element index and the search steps only, in ggml's order, so
 every float32 rounding happens as in the C code:
 
-* sums that ggml accumulates element by element start from ``0.0f`` and add one element at a time (never
-  ``np.sum``: pairwise summation, or a missing ``0.0f +``, would change the last bit or the sign of a zero);
+* sums that ggml accumulates element by element start from ``0.0f`` and add one element at a time
+  (:func:`~kernels._prims.seq_sum`);
 * products keep the C evaluation order (``w*x[i]*l`` is ``(w*x)*l``);
 * ``nearest_int`` is ggml's magic-number trick (round half to even inside its domain, and the same bits outside).
 
@@ -16,35 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .qx_search import signed_absmax
+from ._prims import GROUP_MAX_EPS, clip_nearest, max_macro_zero, nearest_int, seq_sum, signed_absmax
 
-GROUP_MAX_EPS = np.float32(1e-15)
-_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23: adding it leaves round(v) in the low mantissa bits
-_BIAS = 0x400000
 _F0 = np.float32(0.0)
-
-
-def nearest_int(v: np.ndarray) -> np.ndarray:
-    """ggml's ``nearest_int``: add 1.5*2^23 and read the low mantissa bits (int32, same bits as the C)."""
-    return ((np.asarray(v, np.float32) + _MAGIC).view(np.int32) & 0x7FFFFF) - _BIAS
-
-
-def clip_nearest(v: np.ndarray, lo: int, hi: int, offset: int = 0) -> np.ndarray:
-    """``MAX(lo, MIN(hi, nearest_int(v))) + offset`` as int32, computed in place in ``v`` (float32 scratch)."""
-    np.add(v, _MAGIC, out=v)
-    b = v.view(np.int32)
-    b &= 0x7FFFFF
-    np.clip(b, _BIAS + lo, _BIAS + hi, out=b)
-    b -= _BIAS - offset
-    return b
-
-
-def seq_sum(rows: np.ndarray) -> np.ndarray:
-    """``s = 0.0f; for i: s += rows[i]`` for every column: float32, strictly sequential."""
-    s = np.zeros(rows.shape[1:], np.float32)
-    for r in rows:
-        s += r
-    return s
 
 
 def make_q3_quants(x: np.ndarray, nmax: int, do_rmse: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +163,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, quant_weights: np.ndarray) -> tuple
 def make_qp_quants_t(xt: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`make_qp_quants` on transposed data ``xt``, ``qw`` ``(n, n_groups)``; ``L`` as ``(n, n_groups)``."""
     n, ng = xt.shape
-    mx = np.maximum(xt.max(axis=0), _F0)          # MAX(max, x[i]) from 0: only used when >= GROUP_MAX_EPS
+    mx = max_macro_zero(xt)                       # 'max = MAX(max, x[i])' from 0
     zero = mx < GROUP_MAX_EPS
     fmax = np.float32(nmax)
     with np.errstate(all="ignore"):
@@ -199,9 +177,7 @@ def make_qp_quants_t(xt: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndar
         sc = (np.float32(1.0) / isc)[:, None, :]
         lt = np.minimum(nearest_int(isc[:, None, :] * xt[None]), nmax).astype(np.float32)
         dt = xt[None] - sc * lt
-        mse = np.zeros((len(steps), ng), np.float32)
-        for i in range(n):
-            mse += (qw[i] * dt[:, i]) * dt[:, i]
+        mse = seq_sum((qw * dt) * dt, axis=1)     # (8, n_groups)
         for k in range(len(steps)):               # ggml's 'if (mse < best_mse)' in step order
             better = mse[k] < best
             best = np.where(better, mse[k], best)
