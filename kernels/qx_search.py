@@ -5,6 +5,10 @@ weighted Q4_0/Q5_0 encoders.  It works on a *transposed* chunk ``xt`` of shape `
 element ``i`` of ``m`` groups, so ggml's sequential per-group sums ``s += t[i]`` are numpy reductions over axis
 0 (see :func:`~kernels._prims.seq_sum`) and every other step is one whole-array float32 ufunc.  Chunks keep
 the working set in L2.
+
+Levels use ``np.rint``, equal to ggml's ``nearest_int`` because ``|iscale*x| <= nmax + 1`` always holds, except
+for NaN input (group scales that overflowed, fed to Q3_K's second search): ggml's ``nearest_int(NaN)`` is 0,
+so chunks holding non-finite values take a slower exact path.
 """
 from __future__ import annotations
 
@@ -68,10 +72,18 @@ def qx_levels(x: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray) ->
     t = x * iscale[:, None]
     np.rint(t, out=t)
     clip(t, np.array(-nmax, F32), np.array(nmax - 1, F32), t)
+    _nan_to_zero(t)
     t += F32(nmax)
     L = t.astype(np.int8)
     L[zero] = 0
     return L
+
+
+def _nan_to_zero(t: np.ndarray) -> None:
+    """ggml's ``nearest_int(NaN)`` is 0 (and 0 is inside every clamp): where rint left NaN, put 0."""
+    nan = np.isnan(t)
+    if nan.any():
+        t[nan] = 0
 
 
 def _trial_iscales(mx: np.ndarray, nmax: int, rmse_type: int) -> np.ndarray:
@@ -142,11 +154,14 @@ def _trial_sums(xc, wc, isc, nmax, sums):
     p_lx, p_l2 = pc
     mul, rint = np.multiply, np.rint
     reduce = _reduce_seq if m == 1 else np.add.reduce  # one column: numpy would sum it pairwise
+    finite = bool(np.isfinite(xc).all())  # NaN/inf input (overflowed group scales): levels of NaN are 0
     for k, iv in enumerate(isc):
         tc[...] = iv
         mul(tc, xc, tc)
         rint(tc, tc)
         clip(tc, lo, hi, tc)
+        if not finite:
+            _nan_to_zero(tc)
         mul(wxc, tc, p_lx)
         mul(wc, tc, p_l2)
         mul(p_l2, tc, p_l2)

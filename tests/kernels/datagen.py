@@ -14,6 +14,16 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(np.clip(a, -FMAX, FMAX), dtype=F32)
 
 
+def overflow_rows(rng: np.random.Generator, n: int, rows: int = 2) -> dict[str, np.ndarray]:
+    """Magnitudes at which ggml's float32 arithmetic overflows: x^2 beyond ~1.8e19, x^3 beyond ~7e12, sums and
+    scales beyond 3.4e38.  Whole rows at 1e20/1e30/1e37, and rows whose 16-value groups mix magnitudes from 1e10
+    to 1e20 (some group scales overflow to NaN/inf while their neighbours stay finite)."""
+    c = {f"normal*{s:g}": rng.standard_normal((rows, n)) * s for s in (1e20, 1e30, 1e37)}
+    mags = 10.0 ** rng.uniform(10, 20, (rows, n // 16, 1))
+    c["mixed_groups_1e10..1e20"] = (rng.standard_normal((rows, n // 16, 16)) * mags).reshape(rows, n)
+    return {k: _f32(v) for k, v in c.items()}
+
+
 def mixed_cases(n: int, seed: int = 20240607) -> np.ndarray:
     """One (rows, n) matrix, n a multiple of 256: each row one kind of data, the last rows mix kinds block by
     block (for the 13-type oracle sweep)."""
@@ -34,6 +44,7 @@ def mixed_cases(n: int, seed: int = 20240607) -> np.ndarray:
              rng.standard_normal(32), np.where(rng.random(32) < 0.5, 0.0, 1e-3), rng.standard_normal(32) * 1e3]
     rows.append(np.stack([np.concatenate([kinds[(r + b) % len(kinds)] for b in range(n // 32)])
                           for r in range(4)]))                              # rows mixing all of the above
+    rows.extend(overflow_rows(rng, n, rows=1).values())
     return _f32(np.concatenate(rows))
 
 
@@ -62,6 +73,7 @@ def kquant_cases(n: int, seed: int = 2323) -> dict[str, np.ndarray]:
     huge = c["special"][5:6].copy()
     huge[0, :64] = [3e38, -3e38] * 32                           # max - min overflows to inf
     c["max_minus_min_inf"] = huge
+    c.update(overflow_rows(rng, n))
     return {k: _f32(v) for k, v in c.items()}
 
 
@@ -91,8 +103,12 @@ def imatrices(n: int, seed: int = 77) -> dict[str, np.ndarray | None]:
     with_zeros[rng.random(n) < 0.3] = 0.0
     with_zeros[:32] = 0.0                         # a whole block/sub-block/group without importance
     with_zeros[n // 2:n // 2 + 256] = 0.0         # a whole super-block without importance
+    huge = (rng.random(n) * 2 + 0.1).astype(F32)
+    huge[rng.random(n) < 0.2] = 1e33              # w*x overflows: NaN group scales next to finite ones
+    huge[32:48] = 3e38
     return {"none": None,
             "random": (rng.random(n) ** 2 * 10 + 1e-3).astype(F32),
             "zeros": with_zeros,
             "ones": np.ones(n, F32),
-            "tiny": (rng.random(n) * 1e-30).astype(F32)}
+            "tiny": (rng.random(n) * 1e-30).astype(F32),
+            "huge": huge}

@@ -20,8 +20,8 @@ from .oracle import assert_same_blocks, ggml_quantize
 ALL_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1,
              QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K]
 N = 512  # two 256-value super-blocks per row: modest, because the k-quant searches are slow in numpy
-CASES = mixed_cases(N)
-IMATRIX_KINDS = ["none", "random", "zeros"]
+CASES = mixed_cases(N)   # includes rows at 1e20, 1e30, 1e37 and groups mixing 1e10..1e20
+IMATRIX_KINDS = ["none", "random", "zeros", "huge"]
 
 
 def _imatrix(kind: str, n: int, seed: int = 7) -> np.ndarray | None:

@@ -138,3 +138,22 @@ def test_make_qp_quants(nmax, n) -> None:
         s_ref, l_ref = ref.make_qp_quants(x[g], nmax, qw[g])
         assert _same_scale(scale[g], s_ref), (g, scale[g], s_ref)
         assert L[g].tolist() == l_ref, g
+
+
+def test_make_qx_quants_overflowed_input() -> None:
+    """Q3_K's imatrix encoder feeds its group scales to make_qx_quants again; with |x| beyond ~1e19 (or huge
+    importance) some scales overflow to NaN or inf next to finite ones.  ggml's nearest_int maps NaN to 0
+    (level nmax) and a NaN never wins the largest-magnitude scan."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((12, 16)).astype(F)
+    x[0, 3] = x[1, ::2] = x[2, 5] = np.nan
+    x[3, 7], x[4, 0], x[5, :] = np.inf, -np.inf, np.nan
+    x[6, :8], x[7, 3] = np.nan, F(3e38)
+    qw = rng.uniform(0, 2, x.shape).astype(F)
+    qw[8:] = F(1e36)                                 # w*x*l overflows: inf - inf in the sums
+    with np.errstate(all="ignore"):
+        scale, L = make_qx_quants(x, 32, 1, qw)
+    for g in range(len(x)):
+        s_ref, L_ref = ref.make_qx_quants(x[g], 32, 1, qw[g])
+        assert _same_scale(scale[g], s_ref), (g, scale[g], s_ref)
+        assert L[g].tolist() == L_ref, g
