@@ -91,6 +91,7 @@ class Request:
     range: str | None
     status: int
     body_bytes: int = 0
+    done: bool = True  # False while a body is still being written
 
 
 class HubServer:
@@ -144,6 +145,17 @@ class HubServer:
         with self._lock:
             return sum(r.body_bytes for r in self.requests if r.method == method and "/resolve/" in r.path
                        and (path is None or r.path.endswith("/" + path)))
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no body is being written: a client that hung up mid-body leaves the handler writing into
+        the socket buffer until it notices, and those bytes must be counted before a test takes a reading."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(r.done for r in self.requests):
+                    return
+            time.sleep(0.01)
+        raise TimeoutError("the test Hub server is still writing a response body")
 
     def file_gets(self, path: str) -> list[Request]:
         with self._lock:
@@ -364,6 +376,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start))
         self.end_headers()
         req = self._log(status)
+        req.done = False
+        try:
+            self._stream(f, req, start, end, cut, stall)
+        finally:
+            req.done = True
+
+    def _stream(self, f: ServedFile, req: Request, start: int, end: int, cut, stall) -> None:
         limit = cut[0] if cut else stall if stall is not None else None
         pos = start
         for chunk in f.chunks(start, end):

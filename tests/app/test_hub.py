@@ -201,6 +201,7 @@ def test_cancel_keeps_the_partial_file_and_the_next_run_resumes(small_repo, smal
     [part] = partials()
     kept = part.stat().st_size
     assert 1_000_000 <= kept < len(small_files[BIG])
+    small_repo.wait_idle()
     wire = small_repo.body_bytes(BIG)
     res = hubmod.download(SMALL_REPO)
     assert small_repo.body_bytes(BIG) - wire == len(small_files[BIG]) - kept
