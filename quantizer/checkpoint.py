@@ -237,6 +237,20 @@ class Checkpoint:
         dt = _DTYPES[e.dtype][1]
         return np.frombuffer(m, dtype=dt, count=prod(e.shape), offset=e.offset).reshape(e.shape)
 
+    def release(self, name: str, start: int, end: int) -> None:
+        """Drop the pages of bytes ``start:end`` of a tensor's data from this process's memory map (they are
+        read again from the file if needed): a finished tensor then no longer counts in our resident memory."""
+        e = self.tensors[name]
+        m = self._maps.get(e.file)
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if m is None or advice is None or not hasattr(m, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        lo = (e.offset + start) // page * page
+        hi = min(len(m), -(-(e.offset + end) // page) * page)
+        if hi > lo:
+            m.madvise(advice, lo, hi - lo)
+
     def close(self) -> None:
         for m in self._maps.values():
             try:
@@ -266,4 +280,17 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
         bits = raw.astype(np.uint32)
         bits <<= 16  # in place: one float32-sized array, no temporary
         return bits.view(np.float32)
+    if dtype == "F16":  # a table lookup is twice as fast as numpy's (scalar) half -> float cast
+        return np.take(_f16_table(), raw.view(np.uint16))
     return raw.astype(np.float32)
+
+
+_F16_TABLE: np.ndarray | None = None
+
+
+def _f16_table() -> np.ndarray:
+    """float32 value of every fp16 bit pattern (256 KiB), from numpy's own exact cast, NaN and Inf included."""
+    global _F16_TABLE
+    if _F16_TABLE is None:
+        _F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    return _F16_TABLE

@@ -2,9 +2,9 @@
 
 Every check that can fail runs before the first byte is written: the checkpoint's headers, config and tensor
 shapes, the tokenizer, the recipe, the imatrix, the output path and the free disk.  Then header, metadata and
-tensor infos are written (all types and sizes are known from the plan), then each tensor is read from the memory
-map, permuted if needed, quantized by :mod:`kernels` and appended: peak memory is about two float32 copies of
-the largest tensor.
+tensor infos are written (all types and sizes are known from the plan), then the tensor data is streamed from
+the memory map in blocks of rows, permuted if needed, quantized by :mod:`kernels` and written at its place, on
+``threads`` threads (see :mod:`quantizer.stream`): peak memory is a few blocks per thread plus a constant.
 
 Values fed to the quantizer are what llama.cpp's pipeline (``convert_hf_to_gguf.py``, default ``auto`` outtype,
 then ``llama-quantize``) would feed it: F16 and BF16 weights exactly, F32 weights rounded through F16 for the
@@ -27,32 +27,20 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as V
 
 from . import arch as archmod
-from .checkpoint import Checkpoint, model_name, resolve_source, to_float32
+from .checkpoint import Checkpoint, model_name, resolve_source
 from .errors import (
-    ConversionCancelled,
-    NonFiniteWeightsError,
     NotEnoughDiskError,
     OutputIsInputError,
     OutputNotWritableError,
 )
 from .recipes import FLOAT_RECIPES, QUANTIZATION_VERSION, TensorInfo, plan
+from .stream import ConvertProgress, stream
 from .tokenizer import export_vocab
 from .writer import StreamingGGUFWriter
 
 log = logging.getLogger(__name__)
 
-_FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 _HEADER_MARGIN = 64 * 1024 * 1024  # room for the header (vocab, merges, template) on top of the tensor data
-
-
-@dataclass(frozen=True)
-class ConvertProgress:
-    """Passed to ``progress`` after each tensor is written."""
-    tensor: str  # GGUF name of the tensor just written
-    index: int  # 1-based
-    count: int
-    bytes_done: int  # source bytes read so far
-    bytes_total: int
 
 
 @dataclass(frozen=True)
@@ -93,10 +81,11 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: st
         w = StreamingGGUFWriter(out, arch.name)
         with w:
             _add_metadata(w, arch, cfg, p, tensors, vocab_kv, model_name(src), im, imatrix)
+            del vocab_kv
             for t in tensors:
                 w.add_tensor_info(t.name, t.shape, p.types[t.name], sizes[t.name])
             w.begin()
-            _stream(w, ckpt, arch, cfg, tensors, p.types, im, threads, progress, cancel)
+            stream(w, ckpt, arch, cfg, tensors, p.types, im, threads, progress, cancel)
             w.commit()
     n_weights = sum(int(np.prod(t.shape)) for t in tensors)
     data = sum(sizes.values())
@@ -171,48 +160,3 @@ def _llama_quantize_order(t: archmod.PlannedTensor) -> tuple[int, str]:
     """llama_model_loader's weight_name_comparer: layer number (-1 outside blocks), then name."""
     m = re.match(r"blk\.(\d+)\.", t.name)
     return (int(m.group(1)) if m else -1, t.name)
-
-
-# ---- data ---------------------------------------------------------------------------------------------------
-def _source_f32(ckpt: Checkpoint, arch: archmod.Arch, cfg: dict, t: archmod.PlannedTensor, qtype: QT) -> np.ndarray:
-    """The tensor as float32, permuted, with the value rounding llama.cpp's pipeline applies (module doc)."""
-    if t.hf_name is None:
-        freqs = archmod.rope_freqs(arch, cfg)
-        assert freqs is not None
-        return freqs
-    entry = ckpt.tensors[t.hf_name]
-    raw = ckpt.raw(t.hf_name)
-    if t.permute_heads:
-        raw = archmod.permute_qk(raw, t.permute_heads)
-    x = to_float32(raw, entry.dtype)
-    if entry.dtype == "F32" and qtype not in _FLOAT_TYPES:
-        x = x.astype(np.float16).astype(np.float32)
-    if not np.isfinite(x).all():
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise NonFiniteWeightsError(
-            f"tensor {t.hf_name} ({t.name}) holds {bad} NaN/Inf value(s); the checkpoint is damaged or was "
-            f"saved after a diverged training step: download it again or use another checkpoint")
-    return x
-
-
-def _stream(w: StreamingGGUFWriter, ckpt: Checkpoint, arch: archmod.Arch, cfg: dict, tensors, types, im,
-            threads: int | None, progress, cancel: threading.Event | None) -> None:
-    import kernels
-
-    from .imatrix import imatrix_for
-
-    total = sum(ckpt.tensors[t.hf_name].nbytes if t.hf_name else 4 * int(np.prod(t.shape)) for t in tensors)
-    done = 0
-    for i, t in enumerate(tensors, 1):
-        if cancel is not None and cancel.is_set():
-            raise ConversionCancelled("the conversion was cancelled; nothing was written")
-        qtype = types[t.name]
-        x = _source_f32(ckpt, arch, cfg, t, qtype)
-        x2 = x.reshape(-1, t.shape[-1])
-        weights = imatrix_for(im, t.name, t.shape) if im is not None and qtype not in _FLOAT_TYPES else None
-        data = kernels.quantize(x2, qtype, imatrix=weights, threads=threads)
-        del x, x2
-        w.write_tensor(t.name, data)
-        done += ckpt.tensors[t.hf_name].nbytes if t.hf_name else 4 * int(np.prod(t.shape))
-        if progress is not None:
-            progress(ConvertProgress(t.name, i, len(tensors), done, total))

@@ -37,6 +37,7 @@ _ID_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_
             "eom": "eom_token_id"}
 # tokenizer classes whose transformers implementation rebuilds the post-processor from add_bos/add_eos_token
 _REBUILDS_POST_PROCESSOR = ("LlamaTokenizerFast", "CodeLlamaTokenizerFast", "GemmaTokenizerFast")
+_SPACE_TO_G = {ord(" "): ord(" ") + 256}  # how llama.cpp writes a space inside a merge's part
 
 
 def export_vocab(folder: Path, cfg: Mapping[str, Any], arch: Arch, *, pre_tokenizer: str | None = None) -> list[KV]:
@@ -101,27 +102,25 @@ def _tokens(tok: Any, tcfg: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[
     if max(vocab.values()) >= vocab_size:
         raise TokenizerError(f"the tokenizer has token id {max(vocab.values())} but config.json says vocab_size "
                              f"= {vocab_size}; tokenizer and config belong to different models")
-    reverse = {i: t for t, i in vocab.items()}
+    by_id: list[str | None] = [None] * vocab_size
+    for t, i in vocab.items():  # a repeated id keeps its last token, as a reversed dict would
+        by_id[i] = t
+    tokens = [f"[PAD{i}]" if t is None else t for i, t in enumerate(by_id)]
+    normal, unused = int(TokenType.NORMAL), int(TokenType.UNUSED)
+    types = [unused if t is None else normal for t in by_id]
     added = tok.get_added_tokens_decoder()
-    tokens: list[str] = []
-    types: list[int] = []
-    for i in range(vocab_size):
-        if i not in reverse:
-            tokens.append(f"[PAD{i}]")
-            types.append(int(TokenType.UNUSED))
+    for i in sorted(added):
+        if not 0 <= i < vocab_size or by_id[i] is None:
             continue
-        token = reverse[i]
-        if i in added:
-            if not added[i].normalized:  # llama.cpp assumes CONTROL/USER_DEFINED tokens are pre-normalized
-                token = _decode(tok, tok.encode(token, add_special_tokens=False).ids, tcfg)
-            if added[i].special or looks_special(token):
-                types.append(int(TokenType.CONTROL))
-            else:
-                token = token.replace("\u2581", " ")  # pre-normalize user-defined spaces
-                types.append(int(TokenType.USER_DEFINED))
+        token = by_id[i]
+        if not added[i].normalized:  # llama.cpp assumes CONTROL/USER_DEFINED tokens are pre-normalized
+            token = _decode(tok, tok.encode(token, add_special_tokens=False).ids, tcfg)
+        if added[i].special or looks_special(token):
+            types[i] = int(TokenType.CONTROL)
         else:
-            types.append(int(TokenType.NORMAL))
-        tokens.append(token)
+            token = token.replace("\u2581", " ")  # pre-normalize user-defined spaces
+            types[i] = int(TokenType.USER_DEFINED)
+        tokens[i] = token
     return tokens, types, vocab_size
 
 
@@ -247,8 +246,9 @@ def _merges(tj: Mapping[str, Any]) -> list[str]:
         return list(merges)
     if isinstance(merges[0], list) and len(merges[0]) == 2:
         # transformers >= 4.45 stores pairs; llama.cpp joins them with a space, encoding spaces as U+0120 + 256
-        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
-                for pair in merges]
+        if all(len(pair) == 2 for pair in merges):
+            return [f"{a.translate(_SPACE_TO_G)} {b.translate(_SPACE_TO_G)}" for a, b in merges]
+        return [" ".join(part.translate(_SPACE_TO_G) for part in pair) for pair in merges]
     raise TokenizerError("tokenizer.json has merges in an unknown format; download it again")
 
 

@@ -1,5 +1,10 @@
-"""Streaming GGUF writer on ``gguf.GGUFWriter``: header, metadata and tensor infos first, then data one tensor at
-a time, into a temporary file next to the output that is renamed only once complete.
+"""Streaming GGUF writer on ``gguf.GGUFWriter``: header, metadata and tensor infos first, then the tensor data,
+into a temporary file next to the output that is renamed only once complete.
+
+Every tensor's place in the file is known once the header is written, so data may arrive in any order and from
+several threads at once (:meth:`StreamingGGUFWriter.write_rows` writes a block of rows at its offset with
+``pwrite``); :meth:`~StreamingGGUFWriter.commit` checks that every byte was written.  The big metadata arrays
+(vocabulary, merges, token types) are packed in bulk, byte for byte what ``GGUFWriter`` packs one value at a time.
 
 Any exception (cancel, Ctrl-C, a failed write) inside the ``with`` block removes the temporary file, so an
 interrupted conversion never leaves a partial GGUF behind.
@@ -8,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import tempfile
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +28,69 @@ from .errors import OutputError, OutputNotWritableError
 
 log = logging.getLogger(__name__)
 
+_PACK_LEN = struct.Struct("<Q").pack
+_MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
+
+
+class _BulkGGUFWriter(gguf.GGUFWriter):
+    """``GGUFWriter`` whose arrays of plain ``str`` or ``int`` values are packed in one go (numpy for the ints,
+    one ``bytes.join`` for the strings) instead of one ``struct.pack`` per value; everything else, and any array
+    the fast path does not cover, goes to ``GGUFWriter._pack_val`` unchanged."""
+
+    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool,
+                  sub_type: GGUFValueType | None = None) -> bytes:
+        if (vtype == GGUFValueType.ARRAY and isinstance(val, (list, tuple)) and len(val) > 1
+                and self.endianess == gguf.GGUFEndian.LITTLE):
+            packed = _pack_array_items(val, sub_type)
+            if packed is not None:
+                ltype, body = packed
+                head = struct.pack("<I", vtype) if add_vtype else b""
+                return head + struct.pack("<IQ", ltype, len(val)) + body
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
+_INT_FORMATS = {GGUFValueType.INT32: "<i4", GGUFValueType.UINT32: "<u4", GGUFValueType.INT64: "<i8",
+                GGUFValueType.UINT64: "<u8", GGUFValueType.INT16: "<i2", GGUFValueType.UINT16: "<u2",
+                GGUFValueType.INT8: "<i1", GGUFValueType.UINT8: "<u1"}
+
+
+def _pack_array_items(val: Sequence[Any], sub_type: GGUFValueType | None) -> tuple[GGUFValueType, bytes] | None:
+    """(element type, packed elements) of a homogeneous array of ``str`` or ``int``, else None."""
+    kinds = set(map(type, val))
+    if kinds == {str} and sub_type in (None, GGUFValueType.STRING):
+        enc = [s.encode("utf-8") for s in val]
+        parts: list[bytes] = [b""] * (2 * len(enc))
+        parts[0::2] = map(_PACK_LEN, map(len, enc))
+        parts[1::2] = enc
+        return GGUFValueType.STRING, b"".join(parts)
+    if kinds == {int}:  # get_type(int) is INT32 (bool is its own type, so it never gets here)
+        ltype = GGUFValueType.INT32 if sub_type is None else sub_type
+        fmt = _INT_FORMATS.get(ltype)
+        if fmt is None:
+            return None
+        info = np.iinfo(np.dtype(fmt))
+        lo, hi = min(val), max(val)
+        if lo < info.min or hi > info.max:
+            return None  # let struct raise its own error
+        return ltype, np.array(val, dtype=np.int64).astype(fmt).tobytes()
+    return None
+
 
 class StreamingGGUFWriter:
     """``with StreamingGGUFWriter(out, arch) as w: w.add_kv(...); w.add_tensor_info(...); w.begin();
-    w.write_tensor(...) ...; w.commit()``."""
+    w.write_tensor(...) or w.write_rows(...) ...; w.commit()``."""
 
     def __init__(self, out: Path, arch: str) -> None:
         self.out = Path(out)
-        self._gw = gguf.GGUFWriter(path=None, arch=arch)
+        self._gw = _BulkGGUFWriter(path=None, arch=arch)
         self._tmp: Path | None = None
-        self._expected: list[tuple[str, int]] = []
-        self._written = 0
+        self._fd = -1
+        self._expected: list[tuple[str, int]] = []  # (name, data bytes) in declaration order
+        self._offsets: list[int] = []  # each tensor's data offset from the start of the data section
+        self._done: list[int] = []  # data bytes written per tensor
+        self._lock = threading.Lock()
+        self._data_start = 0
+        self._written = 0  # tensors written through write_tensor
         self.data_bytes = 0  # tensor data including alignment padding
 
     # ---- declaring -------------------------------------------------------------------------------------------
@@ -46,6 +106,8 @@ class StreamingGGUFWriter:
         """Declare a tensor: ``shape`` in numpy order (logical elements, not bytes), ``nbytes`` of its data."""
         self._gw.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
         self._expected.append((name, nbytes))
+        self._offsets.append(self.data_bytes)
+        self._done.append(0)
         self.data_bytes += gguf.GGUFWriter.ggml_pad(nbytes, self._gw.data_alignment)
 
     # ---- writing ---------------------------------------------------------------------------------------------
@@ -63,30 +125,51 @@ class StreamingGGUFWriter:
             self._gw.write_header_to_file(path=self._tmp)
             self._gw.write_kv_data_to_file()
             self._gw.write_ti_data_to_file()
+            assert self._gw.fout is not None
+            f = self._gw.fout[0]
+            f.flush()
+            self._fd = f.fileno()
+            self._data_start = gguf.GGUFWriter.ggml_pad(f.tell(), self._gw.data_alignment)
         except OSError as e:
             raise OutputError(f"writing {self._tmp} failed ({e.strerror or e}); check the disk") from None
+        self._gw.kv_data = [{}]  # the vocabulary is on disk; let it go
+
+    def write_rows(self, index: int, offset: int, data: np.ndarray) -> None:
+        """Write ``data`` (C-contiguous) at byte ``offset`` of tensor number ``index`` (declaration order).
+        Safe to call from several threads at once, for distinct parts of the data."""
+        name, want = self._expected[index]
+        if offset < 0 or offset + data.nbytes > want:
+            raise ValueError(f"{data.nbytes} bytes at offset {offset} do not fit tensor {name!r} ({want} bytes)")
+        buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        pos = self._data_start + self._offsets[index] + offset
+        try:
+            while buf:
+                n = os.pwrite(self._fd, buf[:_MAX_WRITE], pos)
+                buf, pos = buf[n:], pos + n
+        except OSError as e:
+            raise OutputError(f"writing {self._tmp} failed ({e.strerror or e}); check the free disk space") from None
+        with self._lock:
+            self._done[index] += data.nbytes
 
     def write_tensor(self, name: str, data: np.ndarray) -> None:
-        """Append the next tensor's bytes (tensors must come in the declared order)."""
+        """Write the next tensor's bytes (tensors in the declared order)."""
         want_name, want_bytes = self._expected[self._written]
         if name != want_name or data.nbytes != want_bytes:
             raise ValueError(f"tensor {name!r} ({data.nbytes} bytes) written where {want_name!r} "
                              f"({want_bytes} bytes) was declared")
-        try:
-            self._gw.write_tensor_data(np.ascontiguousarray(data))
-        except OSError as e:
-            raise OutputError(f"writing {self._tmp} failed ({e.strerror or e}); check the free disk space") from None
+        self.write_rows(self._written, 0, data)
         self._written += 1
 
     def commit(self) -> Path:
         """Finish the file and move it into place; returns the output path."""
-        if self._written != len(self._expected):
-            raise ValueError(f"only {self._written} of {len(self._expected)} tensors were written")
+        missing = [name for (name, want), done in zip(self._expected, self._done, strict=True) if done != want]
+        if missing:
+            raise ValueError(f"{len(missing)} of {len(self._expected)} tensors were not completely written "
+                             f"(first: {missing[0]!r})")
         assert self._tmp is not None and self._gw.fout is not None
         try:
-            for f in self._gw.fout:
-                f.flush()
-                os.fsync(f.fileno())
+            os.ftruncate(self._fd, self._data_start + self.data_bytes)  # the last tensor's padding
+            os.fsync(self._fd)
             self._gw.close()
             os.replace(self._tmp, self.out)
         except OSError as e:
