@@ -3,10 +3,11 @@
 Sections (``--only NAME`` runs one):
 
 * ``decode``: greedy decode tokens/s of ``Engine.chat`` (chat template, streaming, incremental UTF-8 decoding,
-  the ``<think>`` parser, an ``on_text`` callback per piece, cancel checks) vs ``Llama.create_completion`` of the
-  same prompt tokens (``temperature=0``, streamed so the first token's time is known).  Both evaluate the whole
-  prompt each run (KV cache reset), on the same thread count; runs alternate ours/anchor.  Decode rate =
-  (tokens after the first) / (time from the first to the last token).  Goal: ours/anchor >= 0.97.
+  the ``<think>`` parser, an ``on_text`` callback per piece, a cancel event as the GUI passes one) vs
+  ``Llama.create_completion`` of the same prompt tokens (``temperature=0``, streamed so the first token's time
+  is known).  Both evaluate the whole prompt each run (KV cache reset), on the same thread count; runs alternate
+  ours/anchor.  Decode rate = (tokens after the first) / (time from the first to the last token).
+  Goal: ours/anchor >= 0.97.
 
 * ``eval``: teacher-forced evaluation tokens/s, ours vs ``Llama.eval`` (runs ``benchmarks/bench_eval.py``).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +64,7 @@ def _ours(engine, n_tokens: int) -> tuple[float, float, str, float]:
     c0 = time.process_time()
     r = engine.chat([{"role": "user", "content": PROMPT}],
                     settings=SamplingSettings(greedy=True, max_tokens=n_tokens),
-                    on_text=lambda seg: pieces.append(seg.text))
+                    on_text=lambda seg: pieces.append(seg.text), cancel=threading.Event())
     return r.stats.decode_tokens_per_s, r.stats.total_s, r.text, time.process_time() - c0
 
 

@@ -196,6 +196,10 @@ class Engine:
 
         self._vocab = self._llama._model.vocab
         self._piece_buf = ctypes.create_string_buffer(64)
+        state: dict[str, threading.Event | None] = {"event": None}     # no reference back to self: no cycle
+        self._abort_state = state
+        self._abort_cb = llama_cpp.ggml_abort_callback(
+            lambda _data: bool(state["event"] is not None and state["event"].is_set()))
         self._is_eog = llama_cpp.llama_vocab_is_eog
         model = self._llama._model
         bos, eos = self._llama.token_bos(), self._llama.token_eos()
@@ -395,7 +399,10 @@ class Engine:
         gen = llama.generate(tokens, top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p,
                              typical_p=1.0, temp=temp, repeat_penalty=settings.repeat_penalty, reset=True)
         try:
-            for tok in gen:
+            tok = self._first_token(gen, cancel)        # evaluates the prompt; None if cancelled meanwhile
+            if tok is None:
+                run.finish = "cancelled"
+            while tok is not None:
                 run.t_last = time.perf_counter()
                 if run.t_first is None:
                     run.t_first = run.t_last
@@ -414,6 +421,7 @@ class Engine:
                 if len(run.tokens) >= budget:
                     run.finish = "length"
                     break
+                tok = next(gen)
         finally:
             gen.close()
         tail = decoder.decode(b"", final=True)
@@ -421,6 +429,27 @@ class Engine:
             run.parts.append(tail)
             sink(tail)
         return run
+
+    def _first_token(self, gen: Any, cancel: threading.Event | None) -> int | None:
+        """Run the generator to its first token.  That evaluates the prompt, which can take minutes for a long
+        prompt on a big model, so llama.cpp's abort callback watches ``cancel`` meanwhile (only meanwhile: it is
+        called after every graph node, too costly to leave on while decoding)."""
+        import llama_cpp
+
+        if cancel is None:
+            return next(gen)
+        ctx = self._llama._ctx.ctx
+        self._abort_state["event"] = cancel
+        llama_cpp.llama_set_abort_callback(ctx, self._abort_cb, None)
+        try:
+            return next(gen)
+        except RuntimeError as e:                 # llama_decode returned 2: aborted
+            if cancel.is_set():
+                return None
+            raise EngineError(f"llama.cpp failed while reading the prompt ({e})") from None
+        finally:
+            llama_cpp.llama_set_abort_callback(ctx, llama_cpp.ggml_abort_callback(), None)
+            self._abort_state["event"] = None
 
     def _piece(self, token: int) -> bytes:
         """The bytes of one token (control tokens such as end-of-sequence give b"").  llama-cpp-python's own

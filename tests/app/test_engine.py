@@ -201,11 +201,36 @@ def test_cancel_mid_stream_keeps_the_partial_reply(engine):
     assert full.text.startswith(r.text)
 
 
-def test_cancel_before_start_returns_at_the_first_token(engine):
+def test_cancel_before_start_stops_during_the_prompt(engine):
     cancel = threading.Event()
     cancel.set()
     r = engine.complete("Once upon a time", settings=SamplingSettings(max_tokens=50), cancel=cancel)
-    assert r.finish_reason == "cancelled" and r.stats.generated_tokens == 1
+    assert r.finish_reason == "cancelled" and r.stats.generated_tokens == 0 and r.text == ""
+
+
+class _SetAfter(threading.Event):
+    """An event that turns itself on after ``n`` looks: a cancel that lands in the middle of the prompt."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.looks = n, 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        if self.looks >= self.n:
+            self.set()
+        return super().is_set()
+
+
+def test_cancel_aborts_a_long_prompt_mid_evaluation_and_the_engine_recovers(engine, plain_llama):
+    prompt = "The sea was calm that night. " * 60          # ~420 tokens, one batch: hundreds of graph nodes
+    cancel = _SetAfter(40)
+    r = engine.complete(prompt, settings=GREEDY, cancel=cancel)
+    assert r.finish_reason == "cancelled" and r.stats.generated_tokens == 0
+    assert 40 <= cancel.looks < 200                         # stopped by llama.cpp's abort callback, mid-graph
+    again = engine.complete(prompt, settings=GREEDY)
+    ref = plain_llama.create_completion(prompt, temperature=0.0, max_tokens=24)
+    assert again.text == ref["choices"][0]["text"] and again.finish_reason == "length"
 
 
 def test_seeded_sampling_is_reproducible(engine):
