@@ -23,10 +23,8 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
-import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,86 +45,17 @@ from .chat_types import (
 )
 from .errors import ContextOverflowError, EngineBusyError, EngineError, GpuUnavailableError, ModelLoadError
 from .gguf_header import GGUFHeader, read_header
+from .llama_runtime import (
+    available_memory,
+    clear_recent_problems,
+    gpu_backend,
+    install_llama_log_handler,
+    recent_problems,
+)
 from .thinking import ThinkingParser, prompt_opens_thinking
 
 log = logging.getLogger(__name__)
 DEFAULT_SETTINGS = SamplingSettings()   # DeepSeek-R1's recommended sampling
-llama_log = logging.getLogger("app.core.llama_cpp")
-
-
-# ---- llama.cpp's log -> logging ----------------------------------------------------------------------------------
-# ggml.h's ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 "continue the previous message"
-# (llama-cpp-python's _logger.py comment has an older order).
-_GGML_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_log_state: dict[str, Any] = {"level": logging.INFO, "partial": "", "callback": None}
-_log_lock = threading.Lock()
-_recent_problems: deque[str] = deque(maxlen=8)   # last warning/error lines, quoted in load-failure messages
-
-
-def _on_llama_log(level: int, text: bytes | None, _user: Any) -> None:
-    """Called by llama.cpp (any thread) for every log fragment; whole lines go to ``llama_log``."""
-    try:
-        msg = (text or b"").decode("utf-8", errors="replace")
-        with _log_lock:
-            if level != 5:
-                _log_state["level"] = _GGML_LEVELS.get(level, logging.INFO)
-            buf = _log_state["partial"] + msg
-            *lines, _log_state["partial"] = buf.split("\n")
-            lvl = _log_state["level"]
-        for line in lines:
-            if line.strip():
-                if lvl >= logging.WARNING:
-                    _recent_problems.append(line.strip())
-                llama_log.log(lvl, "%s", line)
-    except Exception:  # noqa: BLE001 - an exception must never cross back into C
-        pass
-
-
-def install_llama_log_handler() -> None:
-    """Route llama.cpp/ggml logging to the ``app.core.llama_cpp`` logger (idempotent; the Engine calls it).
-    Importing llama_cpp installs its own printer to stderr, so this runs after that import."""
-    import llama_cpp
-
-    if _log_state["callback"] is None:
-        _log_state["callback"] = llama_cpp.llama_log_callback(_on_llama_log)   # kept alive: C holds the pointer
-    llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
-
-
-# GPU backends as llama.cpp's system info names them, and how we call them.
-_GPU_NAMES = {"CUDA": "CUDA", "Metal": "Metal", "MTL": "Metal", "Vulkan": "Vulkan", "HIP": "ROCm", "ROCm": "ROCm",
-              "SYCL": "SYCL", "MUSA": "MUSA", "CANN": "CANN", "OpenCL": "OpenCL", "Kompute": "Kompute"}
-
-
-def gpu_backend() -> str | None:
-    """The GPU backend this llama.cpp build offloads to (``"CUDA"``, ``"Metal"``, ``"Vulkan"``, ...), or ``None``
-    for a CPU-only build."""
-    import llama_cpp
-
-    if not llama_cpp.llama_supports_gpu_offload():
-        return None
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
-    for part in info.split("|"):
-        name = part.split("=")[0].split(":")[0].strip()
-        if name in _GPU_NAMES:
-            return _GPU_NAMES[name]
-    return "GPU"
-
-
-def _available_memory() -> int | None:
-    """Bytes of RAM available to a new allocation (Linux MemAvailable; elsewhere free physical pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _file_type_name(code: Any) -> str:
     try:
         import gguf
@@ -214,7 +143,7 @@ class Engine:
                  self._info.file_type, self.n_ctx, self._backend)
 
     def _check_fits_in_ram(self) -> None:
-        need, avail = self._header.file_size, _available_memory()
+        need, avail = self._header.file_size, available_memory()
         if avail is not None and need > avail:
             raise ModelLoadError(
                 f"{self._path.name} needs {need / 2**30:.1f} GiB of memory to load without memory mapping, but "
@@ -226,14 +155,14 @@ class Engine:
         import llama_cpp
 
         install_llama_log_handler()
-        _recent_problems.clear()
+        clear_recent_problems()
         seed = self._seed if self._seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
         try:
             return llama_cpp.Llama(str(self._path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                                    n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, vocab_only=vocab_only,
                                    seed=seed, verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
-            why = "; ".join(_recent_problems) or str(e)
+            why = "; ".join(recent_problems()) or str(e)
             arch = self._header.architecture
             raise ModelLoadError(
                 f"llama.cpp could not load {self._path.name} (architecture {arch!r}): {why}. If the "
@@ -332,8 +261,8 @@ class Engine:
             prep = self.prepare(messages, max_tokens=settings.max_tokens)
             parser = ThinkingParser(starts_in_reasoning=prep.starts_in_reasoning)
 
-            def sink(piece: str) -> None:
-                for seg in parser.feed(piece):
+            def sink(piece: str, n_tokens: int) -> None:
+                for seg in parser.feed(piece, tokens=n_tokens):
                     if on_text is not None:
                         on_text(seg)
 
@@ -363,7 +292,8 @@ class Engine:
                 raise ContextOverflowError(
                     f"the prompt takes {len(toks)} tokens and the reply may take up to {settings.max_tokens}, but "
                     f"the context holds {self.n_ctx}: shorten the prompt or lower the maximum reply length")
-            run = self._generate(toks, settings, on_text or (lambda _s: None), cancel, t0)
+            show = on_text or (lambda _s: None)
+            run = self._generate(toks, settings, lambda piece, _n: show(piece), cancel, t0)
             return Reply(text=run.text, reasoning="", answer=run.text, finish_reason=run.finish,
                          stats=run.stats(len(toks), 0, 0.0), tokens=tuple(run.tokens))
 
@@ -383,7 +313,7 @@ class Engine:
 
         return _Guard()
 
-    def _generate(self, tokens: Sequence[int], settings: SamplingSettings, sink: Callable[[str], None],
+    def _generate(self, tokens: Sequence[int], settings: SamplingSettings, sink: Callable[[str, int], None],
                   cancel: threading.Event | None, t0: float) -> _Run:
         """The token loop.  Kept lean: it is the decode hot path measured by benchmarks/bench_engine.py."""
         import llama_cpp
@@ -396,6 +326,7 @@ class Engine:
         budget = min(settings.max_tokens, self.n_ctx - len(tokens))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab, is_eog, detok = self._vocab, self._is_eog, self._piece
+        pending = 0
         gen = llama.generate(tokens, top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p,
                              typical_p=1.0, temp=temp, repeat_penalty=settings.repeat_penalty, reset=True)
         try:
@@ -411,10 +342,12 @@ class Engine:
                     run.finish = "stop"
                     break
                 run.tokens.append(tok)
+                pending += 1                     # tokens whose bytes are not yet shown (split UTF-8 characters)
                 piece = decoder.decode(detok(tok))
                 if piece:
                     run.parts.append(piece)
-                    sink(piece)
+                    sink(piece, pending)
+                    pending = 0
                 if cancel is not None and cancel.is_set():
                     run.finish = "cancelled"
                     break
@@ -427,7 +360,7 @@ class Engine:
         tail = decoder.decode(b"", final=True)
         if tail:
             run.parts.append(tail)
-            sink(tail)
+            sink(tail, pending)
         return run
 
     def _first_token(self, gen: Any, cancel: threading.Event | None) -> int | None:

@@ -1,0 +1,98 @@
+"""llama.cpp process-wide plumbing: its log routed to ``logging``, which GPU backend the build has, free memory.
+
+llama.cpp logs through one global callback.  Importing ``llama_cpp`` installs llama-cpp-python's, which prints to
+stderr; :func:`install_llama_log_handler` replaces it with one that sends whole lines to the ``logging`` logger
+``"app.core.llama_cpp"`` (and remembers the last warnings/errors, quoted when a model fails to load).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections import deque
+from typing import Any
+
+llama_log = logging.getLogger("app.core.llama_cpp")
+
+
+# ---- llama.cpp's log -> logging ----------------------------------------------------------------------------------
+# ggml.h's ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 "continue the previous message"
+# (llama-cpp-python's _logger.py comment has an older order).
+_GGML_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_state: dict[str, Any] = {"level": logging.INFO, "partial": "", "callback": None}
+_log_lock = threading.Lock()
+_recent_problems: deque[str] = deque(maxlen=8)   # last warning/error lines, quoted in load-failure messages
+
+
+def _on_llama_log(level: int, text: bytes | None, _user: Any) -> None:
+    """Called by llama.cpp (any thread) for every log fragment; whole lines go to ``llama_log``."""
+    try:
+        msg = (text or b"").decode("utf-8", errors="replace")
+        with _log_lock:
+            if level != 5:
+                _log_state["level"] = _GGML_LEVELS.get(level, logging.INFO)
+            buf = _log_state["partial"] + msg
+            *lines, _log_state["partial"] = buf.split("\n")
+            lvl = _log_state["level"]
+        for line in lines:
+            if line.strip():
+                if lvl >= logging.WARNING:
+                    _recent_problems.append(line.strip())
+                llama_log.log(lvl, "%s", line)
+    except Exception:  # noqa: BLE001 - an exception must never cross back into C
+        pass
+
+
+def install_llama_log_handler() -> None:
+    """Route llama.cpp/ggml logging to the ``app.core.llama_cpp`` logger (idempotent; the Engine calls it).
+    Importing llama_cpp installs its own printer to stderr, so this runs after that import."""
+    import llama_cpp
+
+    if _log_state["callback"] is None:
+        _log_state["callback"] = llama_cpp.llama_log_callback(_on_llama_log)   # kept alive: C holds the pointer
+    llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
+
+
+# GPU backends as llama.cpp's system info names them, and how we call them.
+_GPU_NAMES = {"CUDA": "CUDA", "Metal": "Metal", "MTL": "Metal", "Vulkan": "Vulkan", "HIP": "ROCm", "ROCm": "ROCm",
+              "SYCL": "SYCL", "MUSA": "MUSA", "CANN": "CANN", "OpenCL": "OpenCL", "Kompute": "Kompute"}
+
+
+def gpu_backend() -> str | None:
+    """The GPU backend this llama.cpp build offloads to (``"CUDA"``, ``"Metal"``, ``"Vulkan"``, ...), or ``None``
+    for a CPU-only build."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return None
+    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    for part in info.split("|"):
+        name = part.split("=")[0].split(":")[0].strip()
+        if name in _GPU_NAMES:
+            return _GPU_NAMES[name]
+    return "GPU"
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation (Linux MemAvailable; elsewhere free physical pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def recent_problems() -> list[str]:
+    """The last warning/error lines llama.cpp logged."""
+    return list(_recent_problems)
+
+
+def clear_recent_problems() -> None:
+    _recent_problems.clear()
