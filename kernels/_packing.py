@@ -10,6 +10,7 @@ import numpy as np
 F32 = np.float32
 _LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 _GATHER_BITS = np.uint64(0x0102040810204080)
+_LOW_BITS = np.uint64(0x0101010101010101)
 _U4 = np.uint64(4)
 _U56 = np.uint64(56)
 
@@ -72,16 +73,19 @@ def unpack_2bit(qs: np.ndarray) -> np.ndarray:
 
 
 # ---- bit planes ---------------------------------------------------------------------------------------------
-def put_bits(out: np.ndarray, col: int, b: np.ndarray) -> None:
-    """Bits ``b`` (0/1 uint8, ``(m, nbytes, 8)``) -> ``nbytes`` bytes at ``col``, bit ``k`` of byte ``i`` =
-    ``b[:, i, k]``.  Per uint64 word of 8 bits, one multiplication gathers the bytes' low bits into the top
-    byte (bit k lands on bit 56+k; no two partial products overlap)."""
-    m, nbytes = b.shape[:2]
-    g = np.ascontiguousarray(b).view(np.uint64).reshape(m, nbytes) * _GATHER_BITS
-    g >>= _U56
-    out[:, col:col + nbytes] = g
+def put_bits(out: np.ndarray, col: int, q: np.ndarray, bit: int = 0) -> None:
+    """Bit ``bit`` of the bytes ``q`` (uint8 ``(m, nbytes, 8)``) -> ``nbytes`` bytes at ``col``: bit ``k`` of
+    byte ``i`` = bit ``bit`` of ``q[:, i, k]``.  Per uint64 word of 8 bytes, the wanted bits are masked in place
+    and one multiplication gathers them into the top byte (bit k lands on bit 56+k; no two partial products
+    overlap)."""
+    m, nbytes = q.shape[:2]
+    w = np.ascontiguousarray(q).view(np.uint64).reshape(m, nbytes) >> np.uint64(bit)
+    w &= _LOW_BITS
+    w *= _GATHER_BITS
+    w >>= _U56
+    out[:, col:col + nbytes] = w
 
 
 def unpack_bits(qb: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`put_bits`: bytes ``(m, nbytes)`` -> bits uint8 ``(m, nbytes, 8)``."""
+    """Inverse of :func:`put_bits` (``bit=0``): bytes ``(m, nbytes)`` -> bits uint8 ``(m, nbytes, 8)``."""
     return np.unpackbits(qb[:, :, None], axis=2, bitorder="little")

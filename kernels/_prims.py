@@ -180,11 +180,14 @@ def max_macro_zero(xt: np.ndarray) -> np.ndarray:
     """ggml's ``float m = 0; for (i) m = MAX(m, x[i]);`` (``MAX(a,b) = a > b ? a : b``) over axis 0 of ``xt``.
 
     A NaN element replaces ``m`` (``m > NaN`` is false) until the next element replaces the NaN.  Without NaN
-    and with a positive maximum that is just the maximum; other columns are folded element by element."""
+    and with a positive maximum that is just the maximum; the other columns are folded element by element.
+    ``xt`` is 2-D."""
     r = xt.max(axis=0)
-    if (r > 0).all():                               # no NaN (NaN > 0 is false) and nothing sign-of-zero-ish
-        return r
-    m = np.zeros(xt.shape[1:], F32)
-    for row in xt:
-        m = np.where(m > row, m, row)
-    return m
+    odd = np.flatnonzero(~(r > 0))                  # a NaN in the column (NaN > 0 is false), or no positive
+    if odd.size:
+        sub = xt[:, odd]
+        m = np.zeros(odd.size, F32)
+        for row in sub:
+            m = np.where(m > row, m, row)
+        r[odd] = m
+    return r

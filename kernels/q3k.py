@@ -58,7 +58,7 @@ def _pack(L: np.ndarray, scale_bytes: np.ndarray, d16: np.ndarray) -> np.ndarray
     bits to qs."""
     nb = L.shape[0]
     out = np.empty((nb, 110), np.uint8)
-    put_bits(out, 0, (L >> np.uint8(2)).reshape(nb, 8, 32).transpose(0, 2, 1))
+    put_bits(out, 0, L.reshape(nb, 8, 32).transpose(0, 2, 1), 2)
     put_2bit(out, 32, L & np.uint8(3))
     out[:, 96:108] = scale_bytes
     put_f16(out, 108, d16)

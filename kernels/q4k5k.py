@@ -166,7 +166,7 @@ class _Q45K:
         out[:, 4:16] = packed
         col = 16
         if cls.bits == 5:       # bit 4 of the level of sub-block j, value l -> bit j of qh[l]
-            put_bits(out, 16, (q >> np.uint8(4)).reshape(-1, 8, 32).transpose(0, 2, 1))
+            put_bits(out, 16, q.reshape(-1, 8, 32).transpose(0, 2, 1), 4)
             col = 48
         put_nibbles(out, col, q, 32)
         return out

@@ -86,6 +86,22 @@ def test_threads_give_the_same_bytes(qtype: QT) -> None:
     assert np.array_equal(one, two)
 
 
+@pytest.mark.parametrize("qtype", [QT.F16, QT.BF16], ids=_id)
+def test_float_types_on_all_exponents(qtype: QT) -> None:
+    """F16/BF16 round with integer ops: random finite bit patterns (every exponent, subnormals, both signs)
+    and a few ulps around each rounding boundary (fp16 max/overflow, normal/subnormal edge, bf16 ties)."""
+    rng = np.random.default_rng(16)
+    bits = rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    edges = np.array([65504.0, 65520.0, 2.0**-14, 2.0**-24, 2.0**-25, 3 * 2.0**-25, 1.0, 3.4e38, 1e-45],
+                     np.float32).view(np.uint32)
+    near = (edges[:, None] + np.arange(-4, 5, dtype=np.int64)).astype(np.uint32).ravel()
+    ties = (rng.integers(0, 2**16, 4096, dtype=np.uint64) << 16 | 0x8000).astype(np.uint32)
+    x = np.concatenate([bits, near, near | 0x80000000, ties]).view(np.float32)
+    x = x[np.isfinite(x)]
+    x = np.ascontiguousarray(x[: x.size // 256 * 256].reshape(-1, 256))
+    assert_same_blocks(kernels.quantize(x, qtype, threads=1), ggml_quantize(x, qtype), qtype, "bit patterns")
+
+
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=_id)
 def test_single_block_rows_and_input_untouched(qtype: QT) -> None:
     """One block per call (a chunk of one block is where a transpose can alias its input) gives ggml's bytes
