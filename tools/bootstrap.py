@@ -87,6 +87,9 @@ def stamp_digest(wheel: Path) -> str:
     h.update(wheel.name.encode())
     h.update(SMOLLM_PACKAGE.encode())
     h.update(sys.version.encode())
+    # An editable install maps the top-level packages that existed when it ran: a package added later would be
+    # seen as an empty namespace package by the console script, so a new package must trigger a reinstall.
+    h.update(repr(sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))).encode())
     return h.hexdigest()
 
 
