@@ -60,18 +60,15 @@ def _resolve_model(model: str | None) -> Path:
 
 
 def _step_generate(model: str | None) -> str:
-    import llama_cpp
+    from app.core.chat_types import SamplingSettings
+    from app.core.engine import Engine
 
     path = _resolve_model(model)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=os.cpu_count() or 1, verbose=False)
-    try:
-        out = llm.create_completion("The capital of France is", max_tokens=6, temperature=0.0)
-    finally:
-        llm.close()
-    text = out["choices"][0]["text"]
-    if out["usage"]["completion_tokens"] < 1:
+    with Engine(path, n_ctx=256) as engine:
+        reply = engine.complete("The capital of France is", settings=SamplingSettings(greedy=True, max_tokens=6))
+    if reply.stats.generated_tokens < 1:
         raise AssertionError("the model generated no token")
-    return f"{path.name}: {text!r}"
+    return f"{path.name} ({engine.backend}): {reply.text!r}, {reply.stats.decode_tokens_per_s:.0f} tok/s"
 
 
 def run_self_test(model: str | None = None) -> int:
