@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ContextOverflowError, GenerationCancelled, VocabMismatchError
-from .logits import GgufInfo, LogitSource, TokenMetrics, read_gguf_info, token_metrics
+from .gguf_header import GGUFHeader, file_type_name, read_header
+from .logits import LogitSource, TokenMetrics, token_metrics
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class ModelSummary:
     bits_per_weight: float
 
     @classmethod
-    def of(cls, info: GgufInfo) -> ModelSummary:
+    def of(cls, info: GGUFHeader) -> ModelSummary:
         return cls(path=str(info.path), name=info.name, architecture=info.architecture,
                    file_type=file_type_name(info.file_type), size_bytes=info.size_bytes, n_params=info.n_params,
                    bits_per_weight=round(info.bits_per_weight, 4))
@@ -161,18 +162,7 @@ class CompareResult:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kw)
 
 
-def file_type_name(file_type: int | None) -> str:
-    """``general.file_type`` as llama.cpp names it (``"Q4_K_M"``, ``"F16"``), or ``"unknown"``."""
-    from gguf.constants import LlamaFileType
-
-    try:
-        name = LlamaFileType(file_type).name
-    except (ValueError, TypeError):
-        return "unknown"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-
-
-def check_comparable(ref: GgufInfo, cand: GgufInfo) -> list[str]:
+def check_comparable(ref: GGUFHeader, cand: GGUFHeader) -> list[str]:
     """Raise :class:`VocabMismatchError` when the two files do not share a vocabulary; return warnings for other
     differences that suggest the candidate is not a quantization of the reference."""
     if ref.n_vocab != cand.n_vocab:
@@ -309,7 +299,7 @@ def compare(reference: str | Path, candidate: str | Path, prompt: str, *, max_to
 
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
-    ref_info, cand_info = read_gguf_info(reference), read_gguf_info(candidate)
+    ref_info, cand_info = read_header(reference), read_header(candidate)
     warnings = check_comparable(ref_info, cand_info)
     with Engine(reference, n_ctx=n_ctx, n_threads=threads) as ref_eng:
         prep = ref_eng.prepare([Message("user", prompt)], max_tokens=0)

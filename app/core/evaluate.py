@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from .compare import Progress, ProgressFn, check_comparable, file_type_name
+from .compare import Progress, ProgressFn, check_comparable
 from .errors import CompareError, GenerationCancelled
-from .logits import GgufInfo, LogitSource, read_gguf_info, token_metrics
+from .gguf_header import GGUFHeader, file_type_name, read_header
+from .logits import LogitSource, token_metrics
 from .paths import data_dir, resources_dir
+from .units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +81,17 @@ class EvalRow:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-TABLE_COLUMNS = [("file_type", "type", "{}"), ("size_bytes", "size MB", "{:.1f}"), ("bits_per_weight", "bpw", "{:.3f}"),
+TABLE_COLUMNS = [("file_type", "type", "{}"), ("size_bytes", "size", "{}"), ("bits_per_weight", "bpw", "{:.3f}"),
                  ("ppl", "PPL", "{:.4f}"), ("delta_ppl", "dPPL", "{:+.4f}"), ("mean_kld", "mean KL", "{:.6f}"),
                  ("median_kld", "med KL", "{:.6f}"), ("max_kld", "max KL", "{:.4f}"),
                  ("top1_agreement", "top-1 %", "{:.2f}"), ("name", "file", "{}")]
 
 
 def rows_to_table(rows: Sequence[EvalRow]) -> str:
-    """A plain-text table of the ladder (sizes in MB, top-1 in percent)."""
+    """A plain-text table of the ladder (sizes in decimal units, top-1 in percent)."""
     out = [[h for _, h, _ in TABLE_COLUMNS]]
     for r in rows:
-        vals = {**r.to_dict(), "size_bytes": r.size_bytes / 1e6, "top1_agreement": 100 * r.top1_agreement,
+        vals = {**r.to_dict(), "size_bytes": format_size(r.size_bytes), "top1_agreement": 100 * r.top1_agreement,
                 "name": Path(r.path).name}
         out.append([fmt.format(vals[k]) for k, _, fmt in TABLE_COLUMNS])
     widths = [max(len(row[i]) for row in out) for i in range(len(TABLE_COLUMNS))]
@@ -155,7 +157,7 @@ class _Acc:
         return np.concatenate(getattr(self, name))
 
 
-def _row(info: GgufInfo, acc: _Acc | None, ref_nll: np.ndarray, common: dict[str, Any]) -> EvalRow:
+def _row(info: GGUFHeader, acc: _Acc | None, ref_nll: np.ndarray, common: dict[str, Any]) -> EvalRow:
     ppl_ref = float(np.exp(ref_nll.mean()))
     if acc is None:          # the reference itself
         kl, top1, top5, ppl = np.zeros(len(ref_nll)), np.ones(len(ref_nll)), np.ones(len(ref_nll)), ppl_ref
@@ -218,8 +220,8 @@ def eval_ladder(reference: str | Path, candidates: Sequence[str | Path], text: s
     if n_ctx < 8:
         raise CompareError(f"a context of {n_ctx} tokens is too small to evaluate: use at least 8 (512 is usual)")
     content, text_name = load_text(text)
-    ref_info = read_gguf_info(reference)
-    cand_infos = [read_gguf_info(c) for c in candidates]
+    ref_info = read_header(reference)
+    cand_infos = [read_header(c) for c in candidates]
     for ci in cand_infos:
         check_comparable(ref_info, ci)
     first = n_ctx // 2
@@ -268,7 +270,7 @@ def eval_dir() -> Path:
     return p
 
 
-def save_row(ref: GgufInfo, cand: GgufInfo, row: EvalRow) -> Path:
+def save_row(ref: GGUFHeader, cand: GGUFHeader, row: EvalRow) -> Path:
     """Store ``row`` as the latest result of (ref, cand) for its settings (text, n_ctx, n_chunks).  The file
     ``eval/<ref key>/<cand key>.json`` holds every settings' latest result for the pair."""
     folder = eval_dir() / file_key(ref.path)

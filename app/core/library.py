@@ -5,8 +5,8 @@
   that holds a config.json is listed, with ``complete=False`` when shards are missing, e.g. an interrupted
   download that ``download()`` would resume), plus the built-in demo checkpoint.
 * GGUFs: ``<data dir>/models/<model>/<model>-<TYPE>.gguf`` (where ``distilldesk quantize`` writes) and any extra
-  folders/files the user added.  Type, size and bits per weight come from the GGUF header (no tensor data read);
-  an unreadable file is listed with its ``error`` instead of breaking the listing.
+  folders/files the user added.  Type, size and bits per weight come from the GGUF header (no tensor data read,
+  cached while the file is unchanged); an unreadable file is listed with its ``error`` instead of breaking the listing.
 * :func:`scan` groups them by model name (case-insensitive); each group's ``reference()`` is the most precise
   variant present (F32, F16, BF16, then Q8_0): the one comparisons measure the others against.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import DistillDeskError, RepoNotFoundError
+from .gguf_header import file_type_name, read_header
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,6 @@ class ModelGroup:
 
 
 # ---- GGUFs ----------------------------------------------------------------------------------------------------
-def file_type_name(ftype: int | None, fallback: str = "?") -> str:
-    """general.file_type (llama_ftype) -> recipe name (``fallback`` when unknown)."""
-    from quantizer.recipes import RECIPES
-
-    for name, info in RECIPES.items():
-        if ftype is not None and info.ftype == ftype:
-            return name
-    return fallback
-
-
 def type_from_filename(p: Path) -> str:
     from quantizer.recipes import RECIPES
 
@@ -100,15 +91,15 @@ def model_from_filename(p: Path) -> str:
 
 
 def read_gguf_entry(path: Path, model: str) -> GgufEntry:
-    from .logits import read_gguf_info
-
+    """One GGUF as the library lists it, from its header (:func:`app.core.gguf_header.read_header`, cached by
+    path, size and mtime: rescanning unchanged files costs a ``stat`` each)."""
     try:
-        info = read_gguf_info(path)
+        h = read_header(path)
     except (DistillDeskError, OSError, ValueError) as e:  # a broken file is listed, marked, never fatal
         size = path.stat().st_size if path.exists() else 0
         return GgufEntry(path, model, type_from_filename(path), size, error=str(e))
-    return GgufEntry(path, model, file_type_name(info.file_type, type_from_filename(path)), info.size_bytes,
-                     info.n_params, info.bits_per_weight)
+    return GgufEntry(path, model, file_type_name(h.file_type, type_from_filename(path)), h.size_bytes,
+                     h.n_params, h.bits_per_weight)
 
 
 def output_path(model: str, recipe: str) -> Path:

@@ -1,10 +1,8 @@
 """Teacher-forced logits over llama.cpp, and the per-token metrics of two distributions.
 
-Three pieces used by :mod:`app.core.compare` and :mod:`app.core.evaluate`:
+Two pieces used by :mod:`app.core.compare` and :mod:`app.core.evaluate` (which read GGUF headers -- size, bits
+per weight, vocabulary fingerprint -- with :func:`app.core.gguf_header.read_header`):
 
-* :func:`read_gguf_info` -- a fast GGUF header reader (no tensor data is touched): architecture, file type, the
-  vocabulary's size and fingerprint, tensor data bytes and parameter count (-> bits per weight), and a truncation
-  check.  Refuses non-GGUF and truncated files with :class:`~app.core.errors.ModelLoadError`.
 * :class:`LogitSource` -- feeds a fixed token sequence through a loaded ``llama_cpp.Llama`` with llama.cpp's
   low-level batch API and yields the logits *one batch at a time* (a view of llama.cpp's own output buffer), so
   memory stays at ``n_batch x n_vocab`` floats per model whatever the sequence length.
@@ -14,161 +12,17 @@ Three pieces used by :mod:`app.core.compare` and :mod:`app.core.evaluate`:
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import mmap
-import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import EngineError, GenerationCancelled, ModelLoadError
+from .errors import EngineError, GenerationCancelled
 
 log = logging.getLogger(__name__)
-
-# ---- GGUF header --------------------------------------------------------------------------------------------
-_GGUF_MAGIC = b"GGUF"
-# value type -> struct format of a scalar (8 = string, 9 = array are handled apart)
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-
-
-@dataclass(frozen=True)
-class GgufInfo:
-    """What a GGUF header says, read without loading the model.
-
-    ``data_bytes``: bytes of all tensor data; ``n_params``: elements of all tensors;
-    ``bits_per_weight`` = ``data_bytes * 8 / n_params`` (the figure llama.cpp's loader prints as "BPW").
-    ``vocab_sha256``: hash of the ``tokenizer.ggml.tokens`` array exactly as stored (two files with the same
-    hash have the same token texts in the same order).
-    """
-
-    path: Path
-    size_bytes: int
-    mtime: float
-    version: int
-    architecture: str
-    name: str
-    file_type: int | None
-    n_vocab: int
-    vocab_sha256: str
-    tokenizer_model: str
-    n_tensors: int
-    data_bytes: int
-    n_params: int
-
-    @property
-    def bits_per_weight(self) -> float:
-        return self.data_bytes * 8 / self.n_params if self.n_params else 0.0
-
-
-class _Reader:
-    """Little-endian cursor over a memory map; every read past the end is a truncated-file error."""
-
-    def __init__(self, buf: mmap.mmap, path: Path) -> None:
-        self.buf, self.pos, self.path = buf, 0, path
-
-    def take(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
-            raise ModelLoadError(f"{self.path} is truncated (its header ends early): download or convert it again")
-        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return v
-
-    def string(self) -> bytes:
-        n = self.take("<Q")
-        if self.pos + n > len(self.buf):
-            raise ModelLoadError(f"{self.path} is truncated (its header ends early): download or convert it again")
-        s = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return s
-
-    def value(self, vtype: int) -> Any:
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY:
-            itype, count = self.take("<I"), self.take("<Q")
-            start = self.pos
-            if itype == _STRING:
-                for _ in range(count):
-                    self.string()
-            elif itype in _SCALAR:
-                self.pos += struct.calcsize(_SCALAR[itype]) * count
-            else:
-                raise ModelLoadError(f"{self.path} is not a valid GGUF (array of unknown type {itype})")
-            if self.pos > len(self.buf):
-                raise ModelLoadError(f"{self.path} is truncated (its header ends early): download or convert "
-                                     "it again")
-            return ("array", itype, count, start, self.pos)
-        if vtype not in _SCALAR:
-            raise ModelLoadError(f"{self.path} is not a valid GGUF (metadata value of unknown type {vtype})")
-        return self.take(_SCALAR[vtype])
-
-
-def read_gguf_info(path: str | Path) -> GgufInfo:
-    """Read a GGUF's header (metadata and tensor table) and check the file holds all its tensor data.
-
-    Raises :class:`ModelLoadError` for a missing file, a file that is not GGUF, an unsupported GGUF version, or a
-    truncated file (header or tensor data cut short).
-    """
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{path} does not exist or is not a file: check the path")
-    st = path.stat()
-    with open(path, "rb") as f:
-        if st.st_size < 24 or f.read(4) != _GGUF_MAGIC:
-            raise ModelLoadError(f"{path} is not a GGUF model file: pick a .gguf file (convert a Hugging Face "
-                                 "checkpoint with `distilldesk quantize` first)")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            r = _Reader(buf, path)
-            r.pos = 4
-            version = r.take("<I")
-            if version not in (2, 3):
-                raise ModelLoadError(f"{path} is GGUF version {version}; only versions 2 and 3 (little-endian) "
-                                     "are supported: convert the model again")
-            n_tensors, n_kv = r.take("<Q"), r.take("<Q")
-            kv: dict[str, Any] = {}
-            for _ in range(n_kv):
-                key = r.string().decode("utf-8", "replace")
-                kv[key] = r.value(r.take("<I"))
-            data_bytes = n_params = end = 0
-            for _ in range(n_tensors):
-                r.string()
-                dims = [r.take("<Q") for _ in range(r.take("<I"))]
-                ttype, offset = r.take("<I"), r.take("<Q")
-                try:
-                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-                except (ValueError, KeyError):
-                    raise ModelLoadError(f"{path} holds a tensor of unknown type {ttype}: this build cannot "
-                                         "read it") from None
-                n = int(np.prod(dims, dtype=np.int64)) if dims else 1
-                nbytes = n // block * type_size
-                data_bytes, n_params, end = data_bytes + nbytes, n_params + n, max(end, offset + nbytes)
-            align = kv.get("general.alignment", 32) or 32
-            data_start = (r.pos + align - 1) // align * align
-            tokens = kv.get("tokenizer.ggml.tokens")
-            vocab_sha = hashlib.sha256(buf[tokens[3]:tokens[4]]).hexdigest() if tokens else ""
-    if data_start + end > st.st_size:
-        raise ModelLoadError(f"{path} is truncated: it holds {st.st_size} bytes but its tensors need "
-                             f"{data_start + end}; download or convert it again")
-
-    def text(key: str) -> str:
-        v = kv.get(key)
-        return v.decode("utf-8", "replace") if isinstance(v, bytes) else ""
-
-    return GgufInfo(path=path, size_bytes=st.st_size, mtime=st.st_mtime, version=version,
-                    architecture=text("general.architecture"), name=text("general.name"),
-                    file_type=kv.get("general.file_type"), n_vocab=tokens[2] if tokens else 0,
-                    vocab_sha256=vocab_sha, tokenizer_model=text("tokenizer.ggml.model"), n_tensors=n_tensors,
-                    data_bytes=data_bytes, n_params=n_params)
-
 
 # ---- teacher-forced logits ----------------------------------------------------------------------------------
 # Rows of logits held at once per model: n_batch, but at most this many floats (so a 152k vocabulary gets

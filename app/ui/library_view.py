@@ -349,9 +349,9 @@ class LibraryView(QWidget):
     def add_file(self, path: Path) -> Job:
         """Add a GGUF from anywhere on disk.  Its header is checked in a worker; a file that is not a valid GGUF
         is refused with the error dialog.  Returns the checking job (``finished`` when all is done)."""
-        from app.core.logits import read_gguf_info
+        from app.core.gguf_header import read_header
 
-        job = Job(read_gguf_info, Path(path), registry=self._registry, with_progress=False, with_cancel=False,
+        job = Job(read_header, Path(path), registry=self._registry, with_progress=False, with_cancel=False,
                   name="check-gguf")
         job.done.connect(lambda _info: self._added(Path(path)))
         job.failed.connect(lambda e: show_error(self, e))

@@ -13,7 +13,7 @@ import pytest
 
 from app.core.compare import compare, first_divergence
 from app.core.errors import ContextOverflowError, GenerationCancelled, ModelLoadError, VocabMismatchError
-from app.core.logits import read_gguf_info
+from app.core.gguf_header import read_header
 
 PROMPT = "What is the capital of France? Answer in one sentence."
 MAX_TOKENS = 24
@@ -171,7 +171,7 @@ def test_different_vocabularies_are_refused(ggufs, tmp_path):
     i = data.index(b"<repo_name>")
     data[i:i + 11] = b"<repo_nama>"
     altered.write_bytes(data)
-    assert read_gguf_info(altered).n_vocab == read_gguf_info(ggufs["Q2_K"]).n_vocab
+    assert read_header(altered).n_vocab == read_header(ggufs["Q2_K"]).n_vocab
     with pytest.raises(VocabMismatchError, match="different tokens"):
         compare(ggufs["F16"], altered, PROMPT, max_tokens=4, n_ctx=N_CTX)
 
@@ -196,7 +196,7 @@ def test_non_gguf_and_truncated_files_are_refused(ggufs, tmp_path):
         header_only.write_bytes(f.read(4096))
     with pytest.raises(ModelLoadError, match="truncated"):
         compare(ggufs["Q2_K"], header_only, PROMPT, max_tokens=4, n_ctx=N_CTX)
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    with pytest.raises(ModelLoadError, match="not found"):
         compare(tmp_path / "missing.gguf", ggufs["Q2_K"], PROMPT, max_tokens=4, n_ctx=N_CTX)
 
 
@@ -210,7 +210,7 @@ def test_unsupported_architecture_is_refused(ggufs, tmp_path):
     with open(odd, "r+b") as f:
         f.seek(value)
         f.write(b"zzzzz")
-    assert read_gguf_info(odd).architecture == "zzzzz"
+    assert read_header(odd).architecture == "zzzzz"
     with pytest.raises(ModelLoadError, match="zzzzz"):
         compare(odd, odd, PROMPT, max_tokens=4, n_ctx=N_CTX)
 

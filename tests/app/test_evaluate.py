@@ -21,7 +21,7 @@ from app.core.evaluate import (
     rows_to_json,
     rows_to_table,
 )
-from app.core.logits import read_gguf_info
+from app.core.gguf_header import read_header
 
 N_CTX = 128
 N_CHUNKS = 2
@@ -45,7 +45,7 @@ def test_ladder_rows(ladder, ggufs):
     assert ref.is_reference and not any(r.is_reference for r in ladder[1:])
     assert [r.file_type for r in ladder] == ["F16", "F16", "Q8_0", "Q4_K_M", "Q2_K"]
     for r, path in zip(ladder, [ggufs["F16"]] + [ggufs[x] for x in RECIPES], strict=True):
-        info = read_gguf_info(path)
+        info = read_header(path)
         assert r.size_bytes == path.stat().st_size
         assert r.bits_per_weight == pytest.approx(info.data_bytes * 8 / info.n_params, abs=1e-4)
         assert r.n_tokens == N_CHUNKS * (N_CTX - 1 - N_CTX // 2) and r.n_chunks == N_CHUNKS
