@@ -61,7 +61,8 @@ def _weighted_error(s, m, lf, xt, wt, use_mad, tmp):
     return seq_sum(tmp)
 
 
-def quantize_levels(xt, mn, iscale, nmax, mx, xmin, out):
+def quantize_levels(xt: np.ndarray, mn: np.ndarray, iscale: np.ndarray, nmax: int, mx: np.ndarray, xmin: np.ndarray,
+                    out: np.ndarray) -> np.ndarray:
     """out = MAX(0, MIN(nmax, nearest_int(iscale*(x - min)))) as float32, for any (mn, iscale).
 
     np.rint equals nearest_int while |iscale*(x - min)| < 2^22, which the block extremes tell (a ggml min
