@@ -4,8 +4,13 @@ One :class:`Engine` owns one ``llama_cpp.Llama``; it is not thread-safe (one own
 thread -- per loaded model; a second concurrent call raises :class:`EngineBusyError`).  ``close()`` frees the
 model (the engine is also a context manager).
 
-* Loading checks the file first (exists, GGUF magic, readable header, fits in RAM when mmap is off) and turns
-  every failure into :class:`~app.core.errors.ModelLoadError` saying what to do.
+* Loading checks the file first (exists, GGUF magic, readable header, fits in RAM) and turns every failure into
+  :class:`~app.core.errors.ModelLoadError` saying what to do.
+* The context size is rounded up to a multiple of :data:`CTX_GRANULARITY` (256) before llama.cpp sees it:
+  llama.cpp pads ``n_ctx`` so itself, while llama-cpp-python sizes its token buffer for the number asked, so an
+  unrounded size (64, 300) let generation run past that buffer (tokens silently dropped, then a numpy broadcast
+  error).  ``Engine.n_ctx`` is the rounded size; nonsense sizes raise
+  :class:`~app.core.errors.EngineSettingError`.
 * ``backend`` is ``"CPU"``, or ``"CUDA"``/``"Metal"``/``"Vulkan"``/... when this llama.cpp build offloads to a
   GPU; ``n_gpu_layers > 0`` on a CPU-only build raises :class:`~app.core.errors.GpuUnavailableError`.
 * llama.cpp's log goes to the ``logging`` logger ``"app.core.llama_cpp"`` (a ctypes callback installed with
@@ -43,7 +48,14 @@ from .chat_types import (
     Role,
     SamplingSettings,
 )
-from .errors import ContextOverflowError, EngineBusyError, EngineError, GpuUnavailableError, ModelLoadError
+from .errors import (
+    ContextOverflowError,
+    EngineBusyError,
+    EngineError,
+    EngineSettingError,
+    GpuUnavailableError,
+    ModelLoadError,
+)
 from .gguf_header import GGUFHeader, read_header
 from .llama_runtime import (
     available_memory,
@@ -51,18 +63,26 @@ from .llama_runtime import (
     gpu_backend,
     install_llama_log_handler,
     recent_problems,
+    total_memory,
 )
 from .thinking import ThinkingParser, prompt_opens_thinking
+from .units import format_size
 
 log = logging.getLogger(__name__)
 DEFAULT_SETTINGS = SamplingSettings()   # DeepSeek-R1's recommended sampling
-def _file_type_name(code: Any) -> str:
-    try:
-        import gguf
+CTX_GRANULARITY = 256      # llama.cpp pads n_ctx up to a multiple of this (llama-context.cpp: GGML_PAD(n_ctx, 256))
+MAX_N_CTX = 1 << 24        # 16M tokens: beyond any model's context; larger is a typo, not a setting
 
-        return gguf.LlamaFileType(int(code)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except (ValueError, TypeError):
-        return "unknown"
+
+def context_size(n_ctx: int, trained: int = 0) -> int:
+    """The context llama.cpp will really have for ``n_ctx`` (0 = the model's ``trained`` length): rounded up to a
+    multiple of :data:`CTX_GRANULARITY`.  Raises EngineSettingError for a size that is not a whole number from 0
+    to :data:`MAX_N_CTX`."""
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 0 <= n_ctx <= MAX_N_CTX:
+        raise EngineSettingError(f"context size {n_ctx!r} is not valid: use a whole number of tokens from 1 to "
+                                 f"{MAX_N_CTX:,} (e.g. 4096), or 0 for the model's trained length")
+    n = n_ctx or trained
+    return -(-n // CTX_GRANULARITY) * CTX_GRANULARITY if n else 0
 
 
 __all__ = ["DEFAULT_SETTINGS", "Engine", "FinishReason", "Message", "MessageLike", "ModelInfo", "OnText",
@@ -94,7 +114,8 @@ def _turns(messages: Sequence[Message]) -> tuple[Message | None, list[list[Messa
 class Engine:
     """One loaded model.  See the module docstring.
 
-    ``model_path``: a GGUF file.  ``n_ctx``: context window (tokens) for this load (0 = the trained length).
+    ``model_path``: a GGUF file.  ``n_ctx``: context window (tokens) for this load (0 = the trained length),
+    rounded up to a multiple of 256 (see :func:`context_size`; :attr:`n_ctx` tells the size in effect).
     ``n_threads``: CPU threads (``None`` = llama.cpp's default).  ``n_gpu_layers``: layers to offload (``-1`` =
     all; needs a GPU build).  ``use_mmap``: map the file instead of reading it into RAM.  ``seed``: default seed
     for sampling (``SamplingSettings.seed`` overrides it).  ``vocab_only``: load only the tokenizer and metadata
@@ -108,7 +129,9 @@ class Engine:
         self._llama: Any = None
         self._path = Path(model_path)
         self._seed = seed
+        context_size(n_ctx)                     # nonsense sizes fail before any file is read
         self._header: GGUFHeader = read_header(self._path)
+        n_ctx = context_size(n_ctx, int(self._header.arch_value("context_length", 0) or 0))
         gpu = gpu_backend()
         if n_gpu_layers and gpu is None:
             raise GpuUnavailableError(
@@ -116,8 +139,8 @@ class Engine:
                 f"only): set GPU layers to 0, or rebuild with GPU support, e.g. "
                 f"DISTILLDESK_CMAKE_ARGS=-DGGML_CUDA=on make run")
         self._backend = gpu if (n_gpu_layers and gpu) else "CPU"
-        if not use_mmap and not vocab_only:
-            self._check_fits_in_ram()
+        if not vocab_only:
+            self._check_fits_in_ram(use_mmap)
         self._llama = self._load(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                  use_mmap=use_mmap, vocab_only=vocab_only)
         self._vocab_only = vocab_only
@@ -142,12 +165,25 @@ class Engine:
         log.info("loaded %s (%s, %s, n_ctx=%d, backend %s)", self._path.name, self._info.architecture,
                  self._info.file_type, self.n_ctx, self._backend)
 
-    def _check_fits_in_ram(self) -> None:
-        need, avail = self._header.file_size, available_memory()
+    def _check_fits_in_ram(self, use_mmap: bool) -> None:
+        """Without mmap the whole file is read into memory: it must fit in the memory available now.  With mmap
+        the pages are read on demand and can be evicted, but every token touches every weight: a model larger
+        than all of the machine's RAM would re-read the disk for each token (minutes per token), so it is
+        refused too.  (With GPU offload the weights live in GPU memory: not checked here.)"""
+        need = self._header.file_size
+        if use_mmap:
+            total = total_memory() if self._backend == "CPU" else None
+            if total is not None and need > total:
+                raise ModelLoadError(
+                    f"{self._path.name} is {format_size(need)} but this machine has only {format_size(total)} of "
+                    f"RAM in all: it cannot run usefully here (every token would read the file from disk again). "
+                    f"Choose a smaller quantization of the model (fewer bits per weight), or a smaller model")
+            return
+        avail = available_memory()
         if avail is not None and need > avail:
             raise ModelLoadError(
-                f"{self._path.name} needs {need / 2**30:.1f} GiB of memory to load without memory mapping, but "
-                f"only {avail / 2**30:.1f} GiB is available: turn memory mapping on, close other programs, or "
+                f"{self._path.name} needs {format_size(need)} of memory to load without memory mapping, but "
+                f"only {format_size(avail)} is available: turn memory mapping on, close other programs, or "
                 f"choose a smaller quantization")
 
     def _load(self, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int, use_mmap: bool,
@@ -175,7 +211,7 @@ class Engine:
         n_params = h.n_params or int(llama_cpp.llama_model_n_params(self._llama._model.model))
         return ModelInfo(path=self._path, architecture=h.architecture,
                          name=str(h.metadata.get("general.name") or self._path.stem),
-                         file_type=_file_type_name(h.metadata.get("general.file_type")), size_bytes=h.file_size,
+                         file_type=h.file_type_name, size_bytes=h.file_size,
                          n_params=n_params, context_length=int(h.arch_value("context_length", 0) or 0),
                          vocab_size=int(self._llama.n_vocab()), chat_template=self._template.source
                          if not self._template.is_fallback else None, n_ctx=self.n_ctx, backend=self._backend)

@@ -19,6 +19,10 @@ class ModelLoadError(EngineError, ValueError):
     """The file is not a loadable GGUF (missing, truncated, corrupt, unsupported architecture, too big for RAM)."""
 
 
+class EngineSettingError(EngineError, ValueError):
+    """A load setting is nonsense (a negative or non-integer context size, ...)."""
+
+
 class GpuUnavailableError(EngineError):
     """GPU layers were asked for but this llama.cpp build has no GPU offload."""
 

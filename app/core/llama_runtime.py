@@ -89,6 +89,21 @@ def available_memory() -> int | None:
         return None
 
 
+def total_memory() -> int | None:
+    """Bytes of physical RAM in this machine (Linux MemTotal; elsewhere physical pages), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def recent_problems() -> list[str]:
     """The last warning/error lines llama.cpp logged."""
     return list(_recent_problems)

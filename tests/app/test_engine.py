@@ -117,6 +117,30 @@ def test_too_big_for_ram_without_mmap(tmp_path, model_path):
         Engine(big, use_mmap=False)
 
 
+def test_larger_than_all_ram_is_refused_even_with_mmap(model_path, monkeypatch):
+    import app.core.engine as engine_mod
+    from app.core.llama_runtime import available_memory, total_memory
+
+    assert total_memory() >= available_memory() > 0               # the real probes
+    size = model_path.stat().st_size
+    monkeypatch.setattr(engine_mod, "available_memory", lambda: 1)  # mmap on: what is free now does not matter
+    monkeypatch.setattr(engine_mod, "total_memory", lambda: size - 1)
+    mb = f"{size / 1e6:.1f} MB"
+    with pytest.raises(ModelLoadError, match=rf"is {mb} but this machine has only {mb} of RAM in all.*smaller "
+                                             rf"quantization"):
+        Engine(model_path, n_ctx=256)
+    with Engine(model_path, vocab_only=True) as e:                 # the tokenizer alone still loads
+        assert e.tokenize("hi")
+    monkeypatch.setattr(engine_mod, "total_memory", lambda: size + 1)
+    with Engine(model_path, n_ctx=256, n_threads=2) as e:
+        assert e.complete("Hi", settings=SamplingSettings(greedy=True, max_tokens=2)).tokens
+    monkeypatch.setattr(engine_mod, "total_memory", lambda: None)  # unknown: not refused
+    Engine(model_path, n_ctx=256).close()
+    monkeypatch.setattr(engine_mod, "total_memory", lambda: 1 << 50)
+    with pytest.raises(ModelLoadError, match="memory mapping on"):   # mmap off: what is free now matters
+        Engine(model_path, n_ctx=256, use_mmap=False)
+
+
 def test_llama_cpp_log_goes_to_logging_not_the_terminal(model_path, capfd, caplog):
     capfd.readouterr()
     with caplog.at_level(logging.DEBUG, logger="app.core.llama_cpp"):
@@ -313,6 +337,46 @@ def test_overflow_drops_the_oldest_turns_and_says_so(model_path):
             e.chat([Message("user", "word " * 400)], settings=SamplingSettings(max_tokens=16))
         with pytest.raises(ContextOverflowError):
             e.complete("Hello", settings=SamplingSettings(max_tokens=256))
+
+
+@pytest.mark.parametrize("asked", [1, 64])
+def test_short_contexts_are_rounded_like_llama_cpp_and_generate_past_the_asked_size(model_path, asked):
+    """llama.cpp pads n_ctx to a multiple of 256; llama-cpp-python used to size its token buffer for the number
+    asked, so Engine(n_ctx=64) dropped tokens past 64 and then crashed (numpy broadcast error) on the next turn."""
+    with Engine(model_path, n_ctx=asked, n_threads=2) as e:
+        assert e.n_ctx == e.info.n_ctx == 256
+        assert len(e.llama.input_ids) >= 256                    # llama-cpp-python's buffer covers the context
+        r1 = e.complete("Once upon a time", settings=SamplingSettings(greedy=True, max_tokens=70))
+        assert len(r1.tokens) == 70 and r1.finish_reason == "length"          # 74 tokens in a context "of 64"
+        msgs = [{"role": "user", "content": "Tell me a story about the sea. " * 8}]
+        r2 = e.chat(msgs, settings=SamplingSettings(greedy=True, max_tokens=8))
+        r3 = e.chat(msgs, settings=SamplingSettings(greedy=True, max_tokens=8))
+    assert r2.stats.prompt_tokens > 64 and r2.text == r3.text
+    assert r3.stats.prompt_tokens_evaluated == 1                # the cached prefix was recorded intact
+
+
+def test_context_sizes_round_up_to_a_multiple_of_256(model_path):
+    from app.core.engine import context_size
+
+    assert [context_size(n) for n in (1, 255, 256, 257, 300, 4096)] == [256, 256, 256, 512, 512, 4096]
+    assert context_size(0, trained=8192) == 8192 and context_size(0, trained=2000) == 2048
+    with Engine(model_path, n_ctx=300, n_threads=2) as e:
+        assert e.n_ctx == 512 and len(e.llama.input_ids) >= 512
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "4096", True, None, 1 << 30])
+def test_nonsense_context_sizes_are_refused(model_path, bad):
+    from app.core.errors import EngineSettingError
+
+    with pytest.raises(EngineSettingError, match="context size .* is not valid"):
+        Engine(model_path, n_ctx=bad)
+    with pytest.raises(ValueError):
+        Engine(model_path, n_ctx=bad)
+
+
+def test_context_zero_is_the_trained_length(model_path):
+    with Engine(model_path, n_ctx=0, n_threads=2) as e:
+        assert e.n_ctx == e.info.context_length == 8192
 
 
 def test_conversation_must_end_with_the_user(engine):
