@@ -7,7 +7,8 @@ Qt-free service used by the GUI's download dialog and by ``distilldesk download`
     download(repo_id, revision=None, progress=cb, cancel=event) -> DownloadResult (the snapshot folder)
 
 * Only what conversion needs is fetched (:data:`NEEDED_FILES`, ``*.safetensors``; for a sharded checkpoint only
-  the shards its index names); pickle/ONNX/GGUF files never are.
+  the shards its index names), and ``list_files`` marks exactly those ``needed`` (it reads the index too);
+  pickle/ONNX/GGUF files never are.  The transfers themselves live in :mod:`app.core.hub_fetch`.
 * Files land in the standard cache (``HF_HUB_CACHE`` / ``HF_HOME``, read at call time), so other tools' files
   are reused and ours serve them.  Transfers resume after a cut, a cancel or a kill (:mod:`app.core.hub_cache`),
   are checked against the Hub's sizes and sha256s, and free disk is checked before the first byte.
@@ -21,30 +22,22 @@ Settings are read from the environment when a function is called, not when huggi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from . import hub_cache
-from .errors import (
-    DiskSpaceError,
-    DownloadCancelled,
-    HubError,
-    IntegrityError,
-    OfflineError,
-    UnsupportedRepoError,
-)
+from .errors import DiskSpaceError, HubError, OfflineError, UnsupportedRepoError
 from .hub_cache import snapshot_complete
-from .hub_errors import hub_error, is_transient
+from .hub_errors import hub_error
+from .hub_fetch import DownloadProgress, FetchJob, RepoFile, check_disk, fetch, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +46,10 @@ NEEDED_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json",
                 "chat_template.jinja", "generation_config.json")
 INDEX_FILE = hub_cache.INDEX_FILE
 REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".onnx_data", ".h5", ".msgpack", ".pkl")
-DISK_MARGIN = 64 * 1024 * 1024  # free space kept beyond the bytes to fetch
 TIMEOUT = 10.0
-REPORT_BYTES = 1 << 20  # progress is reported at least this many bytes apart mid-file...
-REPORT_SECONDS = 0.1  # ...or this long apart
+__all__ = ["DownloadProgress", "DownloadResult", "HubModel", "RepoFile", "RepoListing", "cached_snapshot",
+           "download", "endpoint_url", "hub_cache_dir", "is_needed", "is_offline", "list_files", "resolve_token",
+           "search_models"]
 
 
 # ---- settings, read at call time ------------------------------------------------------------------------------
@@ -67,12 +60,6 @@ def endpoint_url(endpoint: str | None = None) -> str:
 def is_offline() -> bool:
     v = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return v.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def hub_cache_dir() -> Path:
-    from quantizer.checkpoint import hf_cache_dir
-
-    return hf_cache_dir()
 
 
 def resolve_token(token: str | None = None) -> str | None:
@@ -92,19 +79,6 @@ def resolve_token(token: str | None = None) -> str | None:
 
 
 # ---- what a repo holds ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RepoFile:
-    path: str
-    size: int
-    sha256: str | None = None  # LFS files: the content's sha256 (also its cache blob name)
-    blob_id: str | None = None  # git object id (the cache blob name of non-LFS files)
-    needed: bool = False  # fetched by download()
-
-    @property
-    def etag(self) -> str | None:
-        return self.sha256 or self.blob_id
-
-
 @dataclass(frozen=True)
 class RepoListing:
     repo_id: str
@@ -138,7 +112,8 @@ class HubModel:
 
 
 def is_needed(path: str) -> bool:
-    """Files conversion needs: top-level config/tokenizer/index files and ``*.safetensors`` weights."""
+    """Files conversion needs, by name: top-level config/tokenizer/index files and ``*.safetensors`` weights
+    (of a sharded checkpoint, only the shards its index names: see :func:`list_files`)."""
     if "/" in path or path.lower().endswith(REFUSED_SUFFIXES):
         return False
     return path in NEEDED_FILES or path.endswith(".safetensors")
@@ -206,8 +181,20 @@ def search_models(query: str = "", *, limit: int = 20, endpoint: str | None = No
 def list_files(repo_id: str, *, revision: str | None = None, endpoint: str | None = None,
                token: str | None = None, timeout: float = TIMEOUT) -> RepoListing:
     """Every file of ``repo_id`` at ``revision`` with its size and hashes, marked ``needed`` when download()
-    would fetch it.  Offline (or unreachable Hub), the cached snapshot is listed instead (``offline=True``)."""
-    revision = revision or "main"
+    would fetch it: for a sharded checkpoint that means reading its index (fetched into the cache, where the
+    download uses it), so ``needed_bytes`` is what the download will fetch.  Offline (or unreachable Hub), the
+    cached snapshot is listed instead (``offline=True``)."""
+    listing = _listing(repo_id, revision or "main", endpoint, token, timeout)
+    if listing.offline:
+        return listing
+    ep, tok = endpoint_url(endpoint), resolve_token(token)
+    with _mapped(repo_id, listing.revision, ep, tok):
+        return _with_index(listing, FetchJob(repo_id, listing.commit, ep, tok, timeout))
+
+
+def _listing(repo_id: str, revision: str, endpoint: str | None, token: str | None,
+             timeout: float) -> RepoListing:
+    """The Hub's file list (``needed`` by name only), or the cached snapshot when offline."""
     ep, tok = endpoint_url(endpoint), resolve_token(token)
     if is_offline():
         return _cached_listing(repo_id, revision, "offline mode is on (HF_HUB_OFFLINE=1)")
@@ -223,6 +210,27 @@ def list_files(repo_id: str, *, revision: str | None = None, endpoint: str | Non
         files.append(RepoFile(s.rfilename, int(size or 0), sha, s.blob_id, is_needed(s.rfilename)))
     archs = (info.config or {}).get("architectures") or [None]
     return RepoListing(repo_id, revision, info.sha, files, gated=bool(info.gated), architecture=archs[0])
+
+
+def _with_index(listing: RepoListing, job: FetchJob) -> RepoListing:
+    """``listing`` with only the shards its safetensors index names marked needed (the index is fetched through
+    ``job`` into the cache).  Unchanged when there is no index (a single-file checkpoint)."""
+    by_path = {f.path: f for f in listing.files}
+    if INDEX_FILE not in by_path:
+        return listing
+    fetch(job, by_path[INDEX_FILE])
+    try:
+        named = set(json.loads(job.snapshot_file(INDEX_FILE).read_text(encoding="utf-8"))["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UnsupportedRepoError(f"{listing.repo_id}: {INDEX_FILE} is not a valid safetensors index "
+                                   f"({e}); the repo is broken, report it to its owner") from None
+    missing = sorted(n for n in named if not (n in by_path and is_needed(n)))
+    if missing:
+        raise UnsupportedRepoError(f"{listing.repo_id}: the index names shards the repo does not have "
+                                   f"({', '.join(missing[:3])}); the repo is incomplete")
+    files = [dataclasses.replace(f, needed=f.needed and (not f.path.endswith(".safetensors") or f.path in named))
+             for f in listing.files]
+    return dataclasses.replace(listing, files=files)
 
 
 def _cached_listing(repo_id: str, revision: str, why: str) -> RepoListing:
@@ -250,19 +258,6 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
 
 # ---- download -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DownloadProgress:
-    """Sent to ``progress`` as bytes arrive.  ``done``/``total``: bytes of all needed files present locally
-    (cached and resumed bytes count as done); ``fetched``: bytes received over the network by this call."""
-    file: str
-    file_done: int
-    file_total: int
-    done: int
-    total: int
-    fetched: int
-    phase: str = "download"  # "download" | "cached" | "done"
-
-
-@dataclass(frozen=True)
 class DownloadResult:
     repo_id: str
     revision: str
@@ -275,44 +270,11 @@ class DownloadResult:
     message: str = ""
 
 
-@dataclass
-class _Job:
-    listing: RepoListing
-    endpoint: str
-    token: str | None
-    timeout: float
-    progress: Callable[[DownloadProgress], None] | None
-    cancel: threading.Event | None
-    verify_cached: bool
-    total: int = 0
-    done: int = 0
-    fetched: int = 0
-    file_done: dict[str, int] = field(default_factory=dict)
-    _last_done: int = 0
-    _last_time: float = 0.0
-
-    @property
-    def repo_dir(self) -> Path:
-        return hub_cache.repo_folder(hub_cache_dir(), self.listing.repo_id)
-
-    def report(self, f: RepoFile, phase: str = "download", *, force: bool = False) -> None:
-        """Call ``progress``; mid-file at most every REPORT_BYTES or REPORT_SECONDS (a GUI can forward every
-        call as a signal), always at a file's start and end and for other phases."""
-        if self.progress is None:
-            return
-        file_done = self.file_done.get(f.path, 0)
-        now = time.monotonic()
-        if (phase == "download" and not force and 0 < file_done < f.size
-                and self.done - self._last_done < REPORT_BYTES and now - self._last_time < REPORT_SECONDS):
-            return
-        self._last_done, self._last_time = self.done, now
-        self.progress(DownloadProgress(f.path, file_done, f.size, self.done, self.total, self.fetched, phase))
-
-
 def download(repo_id: str, *, revision: str | None = None, endpoint: str | None = None, token: str | None = None,
              progress: Callable[[DownloadProgress], None] | None = None, cancel: threading.Event | None = None,
              timeout: float = TIMEOUT, verify_cached: bool = False) -> DownloadResult:
-    """Fetch the files conversion needs into the HF cache; return the snapshot folder.
+    """Fetch the files conversion needs (what :func:`list_files` marks ``needed``) into the HF cache; return the
+    snapshot folder.
 
     Resumes partial files, skips files already cached (by any tool), checks free disk first and every fetched
     file's size and sha256 after.  ``verify_cached=True`` also re-hashes files that were already there.
@@ -320,28 +282,28 @@ def download(repo_id: str, *, revision: str | None = None, endpoint: str | None 
     RepoNotFoundError, UnsupportedRepoError, OfflineError, HubError.
     """
     revision = revision or "main"
-    listing = list_files(repo_id, revision=revision, endpoint=endpoint, token=token, timeout=timeout)
+    listing = _listing(repo_id, revision, endpoint, token, timeout)
     if listing.offline:
         snap = hub_cache.repo_folder(hub_cache_dir(), repo_id) / "snapshots" / listing.commit
         return DownloadResult(repo_id, revision, listing.commit, snap, [f.path for f in listing.files],
                               sum(f.size for f in listing.files), 0, offline=True, message=listing.message)
     ep, tok = endpoint_url(endpoint), resolve_token(token)
-    _check_convertible(listing)
-    job = _Job(listing, ep, tok, timeout, progress, cancel, verify_cached)
+    _check_convertible(listing)  # before the first byte (the index included)
+    job = FetchJob(repo_id, listing.commit, ep, tok, timeout, progress, cancel, verify_cached)
     job.total = listing.needed_bytes  # until the index says which shards are needed
     with _mapped(repo_id, revision, ep, tok):
-        files = _plan(job)
+        listing = _with_index(listing, job)  # the same rule list_files applies
+        files = _plan(listing)
         job.total = sum(f.size for f in files)
-        _check_disk(job, files)
+        check_disk(job, files)
         for f in files:
-            _fetch(job, f)
+            fetch(job, f)
             if f.path == "config.json" and listing.architecture is None:  # the Hub did not say: check before
-                _check_architecture(listing.repo_id, _config_architecture(_snapshot_file(job, f.path)))  # weights
+                _check_architecture(listing.repo_id, _config_architecture(job.snapshot_file(f.path)))  # weights
         hub_cache.write_ref(job.repo_dir, revision, listing.commit)
-    snap = job.repo_dir / "snapshots" / listing.commit
     if files:
         job.report(files[-1], "done")
-    return DownloadResult(repo_id, revision, listing.commit, snap, [f.path for f in files], job.total,
+    return DownloadResult(repo_id, revision, listing.commit, job.snapshot, [f.path for f in files], job.total,
                           job.fetched)
 
 
@@ -372,133 +334,8 @@ def _config_architecture(path: Path) -> str | None:
     return archs[0]
 
 
-def _plan(job: _Job) -> list[RepoFile]:
-    """Small files first (the index first of all: it says which shards are needed), then the weights."""
-    needed = {f.path: f for f in job.listing.needed}
+def _plan(listing: RepoListing) -> list[RepoFile]:
+    """The needed files in fetch order: small files first (the index first of all), then the weights."""
+    needed = {f.path: f for f in listing.needed}
     small = [needed[n] for n in NEEDED_FILES if n in needed]
-    shards = sorted(n for n in needed if n.endswith(".safetensors"))
-    if INDEX_FILE in needed:
-        _fetch(job, needed[INDEX_FILE])
-        index = _snapshot_file(job, INDEX_FILE)
-        try:
-            named = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UnsupportedRepoError(f"{job.listing.repo_id}: {INDEX_FILE} is not a valid safetensors index "
-                                       f"({e}); the repo is broken, report it to its owner") from None
-        missing = sorted(named - set(shards))
-        if missing:
-            raise UnsupportedRepoError(f"{job.listing.repo_id}: the index names shards the repo does not have "
-                                       f"({', '.join(missing[:3])}); the repo is incomplete")
-        shards = sorted(named)
-    return small + [needed[s] for s in shards]
-
-
-def _snapshot_file(job: _Job, path: str) -> Path:
-    return job.repo_dir / "snapshots" / job.listing.commit / path
-
-
-def _blob(job: _Job, f: RepoFile) -> Path:
-    return job.repo_dir / "blobs" / (f.etag or f"nohash-{f.path.replace('/', '_')}")
-
-
-def _cached_ok(job: _Job, f: RepoFile) -> bool:
-    """The file is already in the cache (snapshot pointer, or a blob another revision/tool fetched) at the
-    right size (and hash, with verify_cached); a wrong-size copy is removed so it is fetched again."""
-    pointer, blob = _snapshot_file(job, f.path), _blob(job, f)
-    for p in (pointer, blob):
-        if not p.exists():
-            continue
-        if p.stat().st_size != f.size:
-            log.warning("%s in the cache has %d bytes, the Hub says %d: fetching it again", f.path,
-                        p.stat().st_size, f.size)
-            p.unlink()
-            continue
-        if job.verify_cached:
-            try:
-                hub_cache.check_digest(f.path, hub_cache.hash_file(p, hub_cache.new_hasher(f.size, f.sha256),
-                                                                   cancel=job.cancel),
-                                       f.sha256, f.blob_id, job.endpoint)
-            except IntegrityError:
-                for q in (pointer, p.resolve(), blob):
-                    q.unlink(missing_ok=True)
-                raise
-        if p == blob:
-            hub_cache.link_pointer(blob, pointer)
-        return True
-    return False
-
-
-def _check_disk(job: _Job, files: list[RepoFile]) -> None:
-    need = 0
-    for f in files:
-        if not (_snapshot_file(job, f.path).exists() or _blob(job, f).exists()):
-            part = _blob(job, f).with_name(_blob(job, f).name + ".incomplete")
-            need += f.size - (part.stat().st_size if part.exists() else 0)
-    where = hub_cache_dir()
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if need and free < need + DISK_MARGIN:
-        raise DiskSpaceError(
-            f"downloading {job.listing.repo_id} needs {_gib(need + DISK_MARGIN)} of free disk but {where} has "
-            f"{_gib(free)}; free some space, or point HF_HUB_CACHE (or HF_HOME) at a bigger disk")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _fetch(job: _Job, f: RepoFile) -> None:
-    if job.cancel is not None and job.cancel.is_set():
-        raise DownloadCancelled(f"download of {job.listing.repo_id} cancelled; run it again to resume")
-    if f.path in job.file_done:
-        return  # the index, fetched while planning
-    if _cached_ok(job, f):
-        job.file_done[f.path] = f.size
-        job.done += f.size
-        job.report(f, "cached")
-        return
-    job.file_done[f.path] = 0
-    job.report(f, force=True)
-    blob = _blob(job, f)
-
-    def on_bytes(n: int, fetched: bool) -> None:
-        job.file_done[f.path] += n
-        job.done += n
-        if fetched:
-            job.fetched += n
-        job.report(f)
-
-    from huggingface_hub.utils import WeakFileLock
-
-    lock = hub_cache.lock_path(hub_cache_dir(), job.listing.repo_id, blob.name)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with WeakFileLock(str(lock)):
-        if not blob.exists():  # another process may have finished it while we waited for the lock
-            t = hub_cache.Transfer(name=f.path, blob=blob, size=f.size, sha256=f.sha256, blob_id=f.blob_id,
-                                   endpoint=job.endpoint, on_bytes=on_bytes, cancel=job.cancel)
-            t.run(lambda headers: _stream(job, f, headers), is_transient)
-        else:
-            on_bytes(f.size - job.file_done[f.path], False)
-        hub_cache.link_pointer(blob, _snapshot_file(job, f.path))
-
-
-@contextmanager
-def _stream(job: _Job, f: RepoFile, extra: dict[str, str]) -> Iterator[Any]:
-    import httpx
-    from huggingface_hub import hf_raise_for_status
-    from huggingface_hub.utils import build_hf_headers, get_session
-
-    from app import __version__
-
-    url = (f"{job.endpoint}/{job.listing.repo_id}/resolve/{quote(job.listing.commit, safe='')}/"
-           f"{quote(f.path)}")
-    headers = build_hf_headers(token=job.token or False, library_name="distilldesk",
-                               library_version=__version__)
-    headers.update({"Accept-Encoding": "identity", **extra})
-    timeout = httpx.Timeout(job.timeout, read=max(job.timeout, 30.0))
-    with get_session().stream("GET", url, headers=headers, timeout=timeout) as r:
-        hf_raise_for_status(r)
-        yield r
-
+    return small + [needed[n] for n in sorted(needed) if n.endswith(".safetensors")]

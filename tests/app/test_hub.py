@@ -66,9 +66,26 @@ def test_list_files_gives_sizes_hashes_and_what_conversion_needs(small_repo, sma
     assert by["config.json"].blob_id == hashlib.sha1(b"blob %d\0" % len(small_files["config.json"]) +  # noqa: S324
                                                      small_files["config.json"]).hexdigest()
     needed = {f.path for f in listing.needed}
-    assert needed == NEEDED | {"consolidated.safetensors"}  # the index, not the listing, rules that one out
+    assert needed == NEEDED  # the shard the index does not name (consolidated.safetensors) is not needed
+    assert "consolidated.safetensors" in by and not by["consolidated.safetensors"].needed
     assert not needed & set(JUNK)
+    assert listing.needed_bytes == sum(len(small_files[n]) for n in NEEDED)
     assert listing.architecture == "LlamaForCausalLM" and not listing.offline and len(listing.commit) == 40
+    res = hubmod.download(SMALL_REPO)  # the listing promised exactly what the download fetches
+    assert res.bytes_total == listing.needed_bytes and sorted(res.files) == sorted(needed)
+    assert res.bytes_fetched == res.bytes_total - len(small_files["model.safetensors.index.json"])  # index reused
+    assert len(small_repo.file_gets("model.safetensors.index.json")) == 1
+
+
+def test_a_broken_index_is_refused_when_listing(hub, small_files):
+    hub.add_repo("org/bad-index", {**small_files, "model.safetensors.index.json": b'{"weight_map": {"a": '
+                                                                                  b'"missing.safetensors"}}'})
+    with pytest.raises(UnsupportedRepoError, match="names shards the repo does not have.*missing.safetensors"):
+        hubmod.list_files("org/bad-index")
+    hub.add_repo("org/not-json", {**small_files, "model.safetensors.index.json": b"not json"})
+    with pytest.raises(UnsupportedRepoError, match="not a valid safetensors index"):
+        hubmod.download("org/not-json")
+    assert hub.body_bytes(SHARDS[0]) == hub.body_bytes(SHARDS[1]) == 0
 
 
 def test_download_fetches_only_needed_files_into_the_standard_cache(small_repo, small_files):
@@ -252,7 +269,7 @@ def test_verify_cached_rehashes_files_already_there(small_repo, small_files):
 def test_free_disk_is_checked_before_the_weights_are_fetched(small_repo, small_files, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 3_000_000, 3_000_000))
-    with pytest.raises(DiskSpaceError, match=r"needs .* MiB .* has 2\.9 MiB.*HF_HUB_CACHE"):
+    with pytest.raises(DiskSpaceError, match=r"needs .* MB of free disk but .* has 3\.0 MB.*HF_HUB_CACHE"):
         hubmod.download(SMALL_REPO)
     assert small_repo.body_bytes(SHARDS[0]) == small_repo.body_bytes(BIG) == 0
 
