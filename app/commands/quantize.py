@@ -10,8 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.core.paths import models_dir
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from quantizer.recipes import RECIPES
@@ -32,12 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def default_output(src: str, recipe: str) -> Path:
+    """Where the Library looks: :func:`app.core.library.output_path` of the checkpoint's model name."""
+    from app.core.library import output_path
     from quantizer.checkpoint import model_name
 
-    name = model_name(src)
-    folder = models_dir() / name
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}-{recipe.upper()}.gguf"
+    return output_path(model_name(src), recipe)
 
 
 def _size(n: int) -> str:
@@ -58,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print("distilldesk: error: --threads must be at least 1", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else default_output(args.src, args.type)
+    out = args.out
+    if out is None:  # our models folder: created now, as the GGUF is written (a given --out must exist)
+        out = default_output(args.src, args.type)
+        out.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=0, unit="B", unit_scale=True, desc=f"quantize {args.type}", file=sys.stderr,
               disable=None) as bar:
 

@@ -103,10 +103,10 @@ def read_gguf_entry(path: Path, model: str) -> GgufEntry:
 
 
 def output_path(model: str, recipe: str) -> Path:
-    """Where the GGUF of ``model`` quantized with ``recipe`` goes (the folder is created)."""
-    folder = paths.models_dir() / model
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{model}-{recipe.upper()}.gguf"
+    """Where the GGUF of ``model`` quantized with ``recipe`` goes: ``<models dir>/<model>/<model>-<RECIPE>.gguf``.
+    Pure (nothing is created: the GUI shows it while the user is still choosing); whoever writes the file
+    creates its folder."""
+    return paths.models_dir() / model / f"{model}-{recipe.upper()}.gguf"
 
 
 def list_ggufs(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = ()) -> list[GgufEntry]:

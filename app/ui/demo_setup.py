@@ -15,7 +15,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from .errors import show_error
-from .library_model import output_path, planned_output_path
+from .library_model import output_path
 from .process_job import run_in_process
 from .workers import Job, ThreadRegistry
 
@@ -33,7 +33,7 @@ class DemoProgress:
 def demo_paths() -> list[Path]:
     from app.core.demo import DEMO_NAME
 
-    return [planned_output_path(DEMO_NAME, r) for r in DEMO_RECIPES]
+    return [output_path(DEMO_NAME, r) for r in DEMO_RECIPES]
 
 
 def setup_demo(*, progress: Callable[[DemoProgress], None] | None = None,

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from .errors import show_error
-from .library_model import ModelGroup, output_path, planned_output_path
+from .library_model import ModelGroup, output_path
 from .library_view import human_size
 from .process_job import run_in_process
 from .quantize_plan import CheckpointFacts, checkpoint_facts
@@ -217,7 +217,7 @@ class QuantizeDialog(QDialog):
 
     def _on_pick(self) -> None:
         r = self.selected_recipe()
-        self.output = planned_output_path(self.group.name, r) if r else None
+        self.output = output_path(self.group.name, r) if r else None
         self.out_label.setText(str(self.output) if self.output else "")
         self.start_button.setEnabled(r is not None and self._job is None and self.facts is not None)
 
@@ -237,7 +237,7 @@ class QuantizeDialog(QDialog):
         if recipe is None or self._job is not None or self.group.checkpoint is None:
             return
         out = output_path(self.group.name, recipe)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)  # created only now that the GGUF is really written
         self.output = out
         kwargs: dict[str, Any] = {"threads": self.threads.value()}
         if self.imatrix.text().strip():

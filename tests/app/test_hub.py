@@ -454,6 +454,7 @@ def test_download_then_quantize_then_chat(hub, smollm2_checkpoint):
     assert hub.body_bytes() == res.bytes_fetched == sum(p.stat().st_size for p in ck.iterdir() if p.is_file())
 
     out = library.output_path("SmolLM2-135M-Instruct", "Q8_0")
+    out.parent.mkdir(parents=True)
     conv = quantizer.convert(repo, out, "Q8_0")  # the repo id resolves to the cached snapshot
     assert conv.path == out and abs(conv.bits_per_weight - 8.5) < 0.05
     with Engine(out, n_ctx=512, n_threads=2, seed=1) as e:

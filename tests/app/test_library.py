@@ -11,7 +11,7 @@ import pytest
 
 from app.cli import main
 from app.core import hub as hubmod
-from app.core import library
+from app.core import library, paths
 from app.core.errors import DownloadCancelled, RepoNotFoundError
 
 from . import hub_server
@@ -30,8 +30,15 @@ def no_demo(monkeypatch, tmp_path):
 def place(src: Path, model: str, recipe: str) -> Path:
     """Put a GGUF where ``distilldesk quantize`` would (a symlink: the fixture files are large)."""
     dst = library.output_path(model, recipe)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(src, dst)
     return dst
+
+
+def test_output_path_is_pure(no_demo):
+    p = library.output_path("Some-Model", "q4_k_m")
+    assert p == paths.models_dir() / "Some-Model" / "Some-Model-Q4_K_M.gguf"
+    assert not p.parent.exists()  # nothing created by asking
 
 
 def test_empty_library(no_demo):

@@ -42,7 +42,7 @@ def test_pick_a_bit_width_then_quantize(dialog, window, qtbot):
 
     dialog.select_recipe("Q8_0")
     out = paths.models_dir() / NAME / f"{NAME}-Q8_0.gguf"
-    assert dialog.out_label.text() == str(out)
+    assert dialog.out_label.text() == str(out) and not out.parent.exists()  # shown, not created, until started
     seen = []
     qtbot.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
     dialog._job.progress.connect(lambda p: seen.append((p.index, p.count, dialog.tensor_label.text())))
