@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.core.units import format_size
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("download", help="download a model from the Hugging Face Hub",
@@ -25,13 +27,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="search the Hub for convertible models (Qwen2/Qwen3/Llama) and exit")
     return p
 
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _search(text: str) -> int:
@@ -55,9 +50,9 @@ def _files(repo_id: str, revision: str | None) -> int:
     if listing.message:
         print(listing.message, file=sys.stderr)
     for f in listing.files:
-        print(f"{'+' if f.needed else ' '} {_size(f.size):>12s}  {f.path}")
+        print(f"{'+' if f.needed else ' '} {format_size(f.size):>12s}  {f.path}")
     print(f"{listing.repo_id} @ {listing.commit[:12]}: {len(listing.files)} files; '+' = downloaded "
-          f"({_size(listing.needed_bytes)})")
+          f"({format_size(listing.needed_bytes)})")
     return 0
 
 
@@ -106,7 +101,7 @@ def _download(repo_id: str, args: argparse.Namespace) -> int:
     if res.offline:
         print(res.message, file=sys.stderr)
     else:
-        print(f"{repo_id}: {len(res.files)} files, {_size(res.bytes_total)} ({_size(res.bytes_fetched)} "
+        print(f"{repo_id}: {len(res.files)} files, {format_size(res.bytes_total)} ({format_size(res.bytes_fetched)} "
               f"downloaded now)", file=sys.stderr)
     print(res.path)
     return 0

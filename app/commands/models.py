@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from app.core.units import format_size
+
 _CATALOG_RECIPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 
 
@@ -22,13 +24,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="list the downloadable distilled models with predicted sizes and RAM instead")
     return p
 
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,19 +50,19 @@ def _local(as_json: bool) -> int:
         print(g.name)
         ck = g.checkpoint
         if ck is not None:
-            state = "" if ck.complete else (f"  INCOMPLETE ({_size(ck.partial_bytes)} partial): run `distilldesk "
+            state = "" if ck.complete else (f"  INCOMPLETE ({format_size(ck.partial_bytes)} partial): run `distilldesk "
                                             f"download {ck.repo_id}` to resume")
             refs = ",".join(ck.refs) or ck.commit[:12] or "folder"
-            print(f"  checkpoint  {_size(ck.size_bytes):>11s}  {ck.architecture or '?':20s} "
+            print(f"  checkpoint  {format_size(ck.size_bytes):>11s}  {ck.architecture or '?':20s} "
                   f"{ck.repo_id or 'demo'} ({refs}){state}")
             print(f"              {ck.path}")
         ref = g.reference()
         for e in g.ggufs:
             if not e.ok:
-                print(f"  {e.file_type:10s}  {_size(e.size_bytes):>11s}  UNREADABLE: {e.error}  {e.path}")
+                print(f"  {e.file_type:10s}  {format_size(e.size_bytes):>11s}  UNREADABLE: {e.error}  {e.path}")
                 continue
             mark = "reference" if ref is not None and e.path == ref.path else ""
-            print(f"  {e.file_type:10s}  {_size(e.size_bytes):>11s}  {e.bpw:5.2f} bpw  {mark:9s}  {e.path}")
+            print(f"  {e.file_type:10s}  {format_size(e.size_bytes):>11s}  {e.bpw:5.2f} bpw  {mark:9s}  {e.path}")
     return 0
 
 
@@ -100,6 +95,6 @@ def _catalog(as_json: bool) -> int:
         print(f"{m.repo_id}  ({m.params_label} params, {m.architecture}, {m.license})")
         print(f"  {m.license_note}")
         est = {e.recipe: e for e in m.estimates()}
-        print("  " + "  ".join(f"{r} {_size(est[r].size_bytes)}/{_size(est[r].ram_bytes)}"
+        print("  " + "  ".join(f"{r} {format_size(est[r].size_bytes)}/{format_size(est[r].ram_bytes)}"
                                for r in _CATALOG_RECIPES))
     return 0

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.core.units import format_size
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from quantizer.recipes import RECIPES
@@ -37,13 +39,6 @@ def default_output(src: str, recipe: str) -> Path:
     return output_path(model_name(src), recipe)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -69,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
 
         res = quantizer.convert(args.src, out, args.type, threads=args.threads, imatrix=args.imatrix,
                                 progress=progress, pre_tokenizer=args.pre_tokenizer)
-    print(f"{res.path}  {_size(res.n_bytes)}  {res.bits_per_weight:.2f} bpw  {res.seconds:.1f} s")
+    print(f"{res.path}  {format_size(res.n_bytes)}  {res.bits_per_weight:.2f} bpw  {res.seconds:.1f} s")
     return 0

@@ -26,6 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.units import format_size
+
 from .chat_model import ChatMessage, MessageListModel
 from .chat_widgets import PromptEdit, Transcript
 from .conversations import ConversationPanel
@@ -192,7 +194,7 @@ class ChatView(QWidget):
         # then normal, not R1's "skipped reasoning" failure worth a warning.
         self._reasoning_model = "<think>" in (info.chat_template or "")
         self.reasoning.set_reasoning_model(self._reasoning_model)
-        self.model_label.setText(f"<b>{info.name}</b> · {info.file_type} · {info.size_bytes / 1e6:.0f} MB · "
+        self.model_label.setText(f"<b>{info.name}</b> · {info.file_type} · {format_size(info.size_bytes)} · "
                                  f"context {info.n_ctx} · {info.backend}")
         self.modelLoaded.emit(info)
         self._update_controls()

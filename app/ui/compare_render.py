@@ -6,6 +6,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from app.core.units import format_size
+
 from .plots import kl_color
 
 _STYLE = "white-space: pre-wrap;"
@@ -71,6 +73,6 @@ def summary_rows(result: Any) -> list[tuple[str, str]]:
         ("PPL reference", f(s.ppl_reference, ".3f")),
         ("PPL candidate", f(s.ppl_candidate, ".3f")),
         ("First divergence", "none (identical)" if div is None else f"token {div}"),
-        ("Sizes", f"{result.reference.size_bytes / 1e6:.0f} MB → {result.candidate.size_bytes / 1e6:.0f} MB "
+        ("Sizes", f"{format_size(result.reference.size_bytes)} → {format_size(result.candidate.size_bytes)} "
                   f"({result.candidate.bits_per_weight:.2f} bpw)"),
     ]

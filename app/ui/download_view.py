@@ -23,8 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.units import format_size
+
 from .errors import show_error
-from .library_view import human_size
 from .workers import Job, ThreadRegistry
 
 RepoRole = Qt.ItemDataRole.UserRole + 20
@@ -128,8 +129,8 @@ class DownloadDialog(QDialog):
         for m in catalog.load_catalog():
             est = m.estimate(PREVIEW_RECIPE)
             cached = hub.cached_snapshot(m.repo_id) is not None
-            _add_row(self.catalog, m.repo_id, [m.name, m.params_label, m.license, human_size(est.size_bytes),
-                                               human_size(est.ram_bytes), "yes" if cached else ""])
+            _add_row(self.catalog, m.repo_id, [m.name, m.params_label, m.license, format_size(est.size_bytes),
+                                               format_size(est.ram_bytes), "yes" if cached else ""])
 
     def _start_job(self, key: str, fn: Any, *args: Any, progress: bool = False, **kwargs: Any) -> Job:
         job = Job(fn, *args, registry=self._registry, with_progress=progress, with_cancel=progress,
@@ -185,7 +186,8 @@ class DownloadDialog(QDialog):
             return
         self.listing = listing
         text = (f"{repo_id}: {len(listing.needed)} of {len(listing.files)} files needed, "
-                f"up to {human_size(listing.needed_bytes)} to download (safetensors, config, tokenizer; nothing else).")
+                f"up to {format_size(listing.needed_bytes)} to download (safetensors, config, tokenizer; "
+                f"nothing else).")
         if listing.gated:
             text += " Gated: accept the licence on the model's Hub page and log in (HF_TOKEN) first."
         if listing.offline:
@@ -221,20 +223,20 @@ class DownloadDialog(QDialog):
             self.reject()
 
     def _on_progress(self, p: Any) -> None:
-        self.file_label.setText(f"{p.file}: {human_size(p.file_done)} of {human_size(p.file_total)}"
+        self.file_label.setText(f"{p.file}: {format_size(p.file_done)} of {format_size(p.file_total)}"
                                 f"{' (already in the cache)' if p.phase == 'cached' else ''} · "
-                                f"fetched {human_size(p.fetched)} this time")
+                                f"fetched {format_size(p.fetched)} this time")
         self.file_bar.setValue(int(1000 * p.file_done / p.file_total) if p.file_total else 1000)
         self.total_bar.setValue(int(1000 * p.done / p.total) if p.total else 0)
-        self.total_bar.setFormat(f"total %p% ({human_size(p.done)} of {human_size(p.total)})")
+        self.total_bar.setFormat(f"total %p% ({format_size(p.done)} of {format_size(p.total)})")
 
     def _on_done(self, result: Any) -> None:
         self.result = result
         self.total_bar.setValue(1000)
         self.file_bar.setValue(1000)
         self.file_label.setText(result.message if result.offline else
-                                f"Done: {result.repo_id} ({human_size(result.bytes_total)}, "
-                                f"{human_size(result.bytes_fetched)} fetched now). Quantize it from the Library.")
+                                f"Done: {result.repo_id} ({format_size(result.bytes_total)}, "
+                                f"{format_size(result.bytes_fetched)} fetched now). Quantize it from the Library.")
         self.downloaded.emit(result)
 
     def _update(self) -> None:

@@ -22,12 +22,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.units import format_size
+
 from .errors import show_error
 from .library_model import ModelGroup
 from .plots import LadderPlot, LadderPoint
 from .workers import Job, ThreadRegistry
 
-COLUMNS = ["Type", "Size MB", "Bits/weight", "PPL", "ΔPPL", "Mean KL", "Top-1"]
+COLUMNS = ["Type", "Size", "Bits/weight", "PPL", "ΔPPL", "Mean KL", "Top-1"]
 
 
 def saved_rows(group: ModelGroup | None) -> list[Any]:
@@ -136,7 +138,7 @@ class LadderPanel(QWidget):
         for r in sorted(self.rows, key=lambda r: -r.size_bytes):
             i = self.table.rowCount()
             self.table.insertRow(i)
-            cells = [r.file_type + (" (reference)" if r.is_reference else ""), f"{r.size_bytes / 1e6:.1f}",
+            cells = [r.file_type + (" (reference)" if r.is_reference else ""), format_size(r.size_bytes),
                      f"{r.bits_per_weight:.2f}", f"{r.ppl:.3f}", f"{r.delta_ppl:+.3f}", f"{r.mean_kld:.5f}",
                      f"{r.top1_agreement:.1%}"]
             for c, text in enumerate(cells):

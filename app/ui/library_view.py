@@ -24,20 +24,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.units import format_size
+
 from . import library_model as lm
 from .errors import show_error
 from .workers import Job, ThreadRegistry
 
 COLUMNS = ["Model / file", "Type", "Size", "Bits/weight", "Role", "Mean KL", "Top-1"]
 EntryRole = Qt.ItemDataRole.UserRole + 10
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 # Confirmation hook: tests replace it; returns True to go ahead.
@@ -209,7 +203,7 @@ class LibraryView(QWidget):
             if g.checkpoint:
                 ck = g.checkpoint
                 top[1].setText("checkpoint")
-                top[2].setText(human_size(ck.size_bytes))
+                top[2].setText(format_size(ck.size_bytes))
                 top[4].setText("source (safetensors)" if ck.complete else "incomplete download")
                 top[0].setToolTip("\n".join(x for x in (ck.repo_id, ck.architecture, str(ck.path)) if x))
                 if not ck.complete:
@@ -231,7 +225,7 @@ class LibraryView(QWidget):
 
     def _gguf_row(self, e: lm.GgufEntry, ref: lm.GgufEntry | None) -> list[QStandardItem]:
         q = self._quality.get(e.path)
-        cells = [e.path.name, e.file_type, human_size(e.size_bytes), f"{e.bpw:.2f}" if e.bpw else "",
+        cells = [e.path.name, e.file_type, format_size(e.size_bytes), f"{e.bpw:.2f}" if e.bpw else "",
                  "reference" if ref is not None and e.path == ref.path else ("unreadable" if e.error else "quantized"),
                  f"{q[0]:.4f}" if q else "", f"{q[1]:.1%}" if q else ""]
         items = [QStandardItem(c) for c in cells]
@@ -326,7 +320,7 @@ class LibraryView(QWidget):
         p = self.selected_path()
         if p is None:
             return
-        if not confirm(self, "Delete model file", f"Delete {p.name} ({human_size(p.stat().st_size)}) from "
+        if not confirm(self, "Delete model file", f"Delete {p.name} ({format_size(p.stat().st_size)}) from "
                        f"the disk?\n\n{p}\n\nThis cannot be undone."):
             return
         try:

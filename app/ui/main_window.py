@@ -13,6 +13,8 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QWidget
 
+from app.core.units import format_size
+
 from .chat_view import ChatView
 from .compare_view import CompareView
 from .demo_setup import DEMO_PROMPT, DemoDialog, demo_paths
@@ -117,7 +119,7 @@ class MainWindow(QMainWindow):
         help_.addAction(about)
 
     def _update_memory(self) -> None:
-        self.memory_status.setText(f"memory {rss_bytes() / 2**20:.0f} MB")
+        self.memory_status.setText(f"memory {format_size(rss_bytes())}")
 
     def _on_model_loaded(self, info: Any) -> None:
         self.model_status.setText(f"{info.name} · {info.file_type}")

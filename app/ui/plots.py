@@ -11,6 +11,8 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
+from app.core.units import format_size
+
 # KL thresholds (nats) of the colour scale: below the first a token is "same", above the last "very different".
 KL_SCALE = (0.001, 0.01, 0.1, 1.0)
 _COLORS = ("#e8f5e9", "#c8e6c9", "#fff59d", "#ffb74d", "#e57373")  # pale: behind text
@@ -175,7 +177,7 @@ class LadderPlot(QWidget):
         p.setPen(QPen(text))
         p.drawRect(r)
         p.drawText(QRectF(r.left(), r.bottom() + 18, r.width(), 16), Qt.AlignmentFlag.AlignCenter,
-                   "file size (MB)" if self._points else "run the eval ladder to see where each bit-width sits")
+                   "file size" if self._points else "run the eval ladder to see where each bit-width sits")
         pts = [pt for pt in self._points if pt.size_bytes > 0]
         if not pts:
             return
@@ -199,7 +201,7 @@ class LadderPlot(QWidget):
                        f"1e{e}")
         for v, pt in ((smin, pts[0]), (smax, pts[-1])):
             x = xy(pt).x()
-            p.drawText(QRectF(x - 40, r.bottom() + 2, 80, 14), Qt.AlignmentFlag.AlignCenter, f"{v / 1e6:.0f}")
+            p.drawText(QRectF(x - 40, r.bottom() + 2, 80, 14), Qt.AlignmentFlag.AlignCenter, format_size(v))
         p.setPen(QPen(QColor("#1565c0"), 1.5))
         for a, b in zip(pts, pts[1:], strict=False):
             p.drawLine(xy(a), xy(b))

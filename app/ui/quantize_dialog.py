@@ -26,9 +26,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.units import format_size
+
 from .errors import show_error
 from .library_model import ModelGroup, output_path
-from .library_view import human_size
 from .process_job import run_in_process
 from .quantize_plan import CheckpointFacts, checkpoint_facts
 from .workers import Job, ThreadRegistry
@@ -188,8 +189,8 @@ class QuantizeDialog(QDialog):
             q = quality.get(have.path) if have else None
             if have is not None and have.file_type in ("F16", "BF16", "F32") and q is None:
                 q = (0.0, 1.0) if self.group.reference() is have else None
-            cells = [est.recipe + ("  (on disk)" if have else ""), "≈ " + human_size(est.size_bytes),
-                     f"{est.bits_per_weight:.2f}", "≈ " + human_size(est.ram_bytes),
+            cells = [est.recipe + ("  (on disk)" if have else ""), "≈ " + format_size(est.size_bytes),
+                     f"{est.bits_per_weight:.2f}", "≈ " + format_size(est.ram_bytes),
                      f"{q[0]:.4f}" if q else "not measured", f"{q[1]:.1%}" if q else "", est.description]
             for c, text in enumerate(cells):
                 it = QTableWidgetItem(text)
@@ -280,7 +281,7 @@ class QuantizeDialog(QDialog):
         self.tensor_bar.setValue(self.tensor_bar.maximum())
         self.overall_bar.setValue(1000)
         size = self.output.stat().st_size if self.output and self.output.exists() else 0
-        self.tensor_label.setText(f"Done: {self.output.name if self.output else ''} ({human_size(size)})")
+        self.tensor_label.setText(f"Done: {self.output.name if self.output else ''} ({format_size(size)})")
         recipe = self.selected_recipe()
         if recipe is not None:
             item = self.table.item(self.recipes().index(recipe), 0)

@@ -80,7 +80,7 @@ class _JobWorker(QObject):
 
     def _progress(self, *payload: Any) -> None:
         # Every report is forwarded: the services already report at a sane rate (per tensor, per chunk, every
-        # MiB), and dropping one here could hide the last state before a long pause (a stalled download).
+        # megabyte), and dropping one here could hide the last state before a long pause (a stalled download).
         self.progress.emit(payload[0] if len(payload) == 1 else payload)
 
     @Slot()

@@ -45,6 +45,10 @@ def test_compare_shows_real_kl_figures(window, library_models, qtbot):
     for label, value in compare_render.summary_rows(r):
         assert view.summary_labels[label].text() == value
     assert view.summary_labels["Mean KL"].text() == f"{r.summary.mean_kld:.5f}"
+    # the Library and the Compare view show the same size, in decimal MB
+    mb = {p: f"{p.stat().st_size / 1e6:.1f} MB" for p in (f16, q4)}
+    assert view.summary_labels["Sizes"].text().startswith(f"{mb[f16]} → {mb[q4]} (")
+    assert lib.select_path(q4) and lib.tree.currentIndex().siblingAtColumn(2).data() == mb[q4]
     assert view.plot._kl == kl and view.plot._divergence == r.first_divergence
     # the reference answer coloured token by token: one span per scored token, in the KL colour
     html = compare_render.reference_html(r.tokens, r.first_divergence)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 
 from app.core import catalog
+from app.core.units import format_size
 from app.ui.download_view import DownloadDialog
-from app.ui.library_view import human_size
 from tests.app import hub_server
 from tests.app.hub_server import SHARDS, SMALL_REPO
 
@@ -37,13 +37,13 @@ def test_catalog_search_download_then_the_library_lists_it(window, small_repo, s
     assert dlg.catalog.rowCount() == len(models) >= 7
     first = models[0]
     assert dlg.catalog.item(0, 0).text() == first.name
-    assert dlg.catalog.item(0, 3).text() == human_size(first.estimate("Q4_K_M").size_bytes)
+    assert dlg.catalog.item(0, 3).text() == format_size(first.estimate("Q4_K_M").size_bytes)
     assert not dlg.download_button.isEnabled()  # nothing picked yet
 
     _pick_search_result(dlg, qtbot, SMALL_REPO)
     needed = dlg.listing.needed_bytes
     assert f"{len(dlg.listing.needed)} of {len(dlg.listing.files)} files needed" in dlg.info.text()
-    assert human_size(needed) in dlg.info.text()
+    assert format_size(needed) in dlg.info.text()
     totals = []
     qtbot.mouseClick(dlg.download_button, Qt.MouseButton.LeftButton)
     dlg._jobs["download"].progress.connect(lambda p: totals.append((p.done, p.total)))
@@ -51,8 +51,9 @@ def test_catalog_search_download_then_the_library_lists_it(window, small_repo, s
         with qtbot.waitSignal(dlg.downloaded, timeout=60000) as sig:
             pass
     r = sig.args[0]
-    # (the listing counts every *.safetensors; the download fetches only the shards the index names)
-    assert r.repo_id == SMALL_REPO and 0 < r.bytes_total <= needed and r.bytes_fetched == r.bytes_total
+    # the listing marks what the download fetches: only the shards the index names
+    assert r.repo_id == SMALL_REPO and r.bytes_total == needed
+    assert r.bytes_fetched == r.bytes_total - len(small_files["model.safetensors.index.json"])  # came with the list
     assert (r.path / BIG).read_bytes() == small_files[BIG]
     assert totals[-1] == (r.bytes_total, r.bytes_total) and dlg.total_bar.value() == 1000
     assert "Done" in dlg.file_label.text()
