@@ -74,34 +74,29 @@ def gpu_backend() -> str | None:
     return "GPU"
 
 
-def available_memory() -> int | None:
-    """Bytes of RAM available to a new allocation (Linux MemAvailable; elsewhere free physical pages)."""
+def _memory(meminfo_key: str, sysconf_pages: str) -> int | None:
+    """Bytes from /proc/meminfo's ``meminfo_key`` (Linux), else ``sysconf(sysconf_pages) * page size``."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(meminfo_key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf(sysconf_pages) * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation (Linux MemAvailable; elsewhere free physical pages)."""
+    return _memory("MemAvailable", "SC_AVPHYS_PAGES")
 
 
 def total_memory() -> int | None:
     """Bytes of physical RAM in this machine (Linux MemTotal; elsewhere physical pages), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return _memory("MemTotal", "SC_PHYS_PAGES")
 
 
 def recent_problems() -> list[str]:

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from . import compare_render as render
-from .errors import show_error
+from .job_views import SingleJobView
 from .ladder_panel import LadderPanel
 from .library_model import ModelGroup
 from .plots import KLPlot
@@ -37,7 +37,7 @@ from .workers import Job, ThreadRegistry
 DEFAULT_PROMPT = "What is 17 times 24? Explain briefly."
 
 
-class CompareView(QWidget):
+class CompareView(SingleJobView, QWidget):
     compareFinished = Signal(object)  # CompareResult
     busyChanged = Signal(bool)
 
@@ -198,18 +198,15 @@ class CompareView(QWidget):
         self.ref_title.setText(f"Reference — {self.reference.currentText()}" if ref else "Reference")
         self.cand_title.setText(f"Candidate — {self.candidate.currentText()}" if ref else "Candidate")
         self.ladder.set_group(self._group_of(ref))
-        self._update_buttons()
+        self._update_controls()
 
-    def _update_buttons(self) -> None:
+    def _update_controls(self) -> None:
         busy = self._job is not None
         ok = self.reference.currentData() is not None and self.candidate.currentData() is not None
         self.run_button.setEnabled(ok and not busy)
         self.stop_button.setEnabled(busy)
 
     # ---- run ------------------------------------------------------------------------------------------------
-    def is_busy(self) -> bool:
-        return self._job is not None
-
     def start(self) -> None:
         from app.core.compare import compare
 
@@ -229,20 +226,7 @@ class CompareView(QWidget):
                   streams=("on_reference_text", "on_candidate_text"), max_tokens=self.max_tokens.value(),
                   n_ctx=s.context_size, threads=s.effective_threads())
         job.stream.connect(self._on_stream)
-        job.progress.connect(self._on_progress)
-        job.done.connect(self._on_done)
-        job.failed.connect(lambda e: show_error(self, e))
-        job.cancelled.connect(lambda: self.progress.setFormat("stopped"))
-        job.finished.connect(self._on_finished)
-        self._job = job.start()
-        self.progress.setRange(0, 0)
-        self.progress.setFormat("loading the reference…")
-        self._update_buttons()
-        self.busyChanged.emit(True)
-
-    def stop(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        self._launch(job, on_done=self._on_done, on_progress=self._on_progress, busy_text="loading the reference…")
 
     def shutdown(self) -> None:
         self.stop()
@@ -274,13 +258,6 @@ class CompareView(QWidget):
         self.result = result
         self.show_result(result)
         self.compareFinished.emit(result)
-
-    def _on_finished(self) -> None:
-        self._job = None
-        if self.progress.maximum() == 0:
-            self.progress.setRange(0, 1)
-        self._update_buttons()
-        self.busyChanged.emit(False)
 
     # ---- result ---------------------------------------------------------------------------------------------
     def show_result(self, result: Any, selected: int | None = None) -> None:

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from app.core.units import format_size
 
 from .errors import show_error
+from .job_views import StopJobsOnClose
 from .workers import Job, ThreadRegistry
 
 RepoRole = Qt.ItemDataRole.UserRole + 20
@@ -54,7 +55,7 @@ def _add_row(t: QTableWidget, repo_id: str, cells: list[str]) -> None:
         t.setItem(i, c, it)
 
 
-class DownloadDialog(QDialog):
+class DownloadDialog(StopJobsOnClose, QDialog):
     downloaded = Signal(object)  # app.core.hub.DownloadResult
 
     def __init__(self, registry: ThreadRegistry, parent: QWidget | None = None) -> None:
@@ -246,15 +247,5 @@ class DownloadDialog(QDialog):
         self.catalog.setEnabled(not busy)
         self.results.setEnabled(not busy)
 
-    def _stop_jobs(self) -> None:
-        for job in list(self._jobs.values()):
-            job.cancel()
-            job.wait()
-
-    def closeEvent(self, e) -> None:  # noqa: N802 - Qt API
-        self._stop_jobs()
-        super().closeEvent(e)
-
-    def reject(self) -> None:
-        self._stop_jobs()
-        super().reject()
+    def _running_jobs(self) -> list[Job]:
+        return list(self._jobs.values())

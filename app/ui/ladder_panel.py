@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from app.core.units import format_size
 
 from .errors import show_error
+from .job_views import SingleJobView
 from .library_model import ModelGroup
 from .plots import LadderPlot, LadderPoint
 from .workers import Job, ThreadRegistry
@@ -49,7 +50,7 @@ def quality_by_path(rows: list[Any]) -> dict[Path, tuple[float, float]]:
     return {Path(r.path): (r.mean_kld, r.top1_agreement) for r in rows if not r.is_reference}
 
 
-class LadderPanel(QWidget):
+class LadderPanel(SingleJobView, QWidget):
     qualityMeasured = Signal(object)  # {Path: (mean KL, top-1)}
     busyChanged = Signal(bool)
 
@@ -107,7 +108,7 @@ class LadderPanel(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.caption)
         lay.addWidget(split, 1)
-        self._update()
+        self._update_controls()
 
     def set_group(self, group: ModelGroup | None) -> None:
         self._group = group
@@ -117,9 +118,9 @@ class LadderPanel(QWidget):
             show_error(self, e, context="Reading saved eval results failed")
             rows = []
         self.show_rows(rows)
-        self._update()
+        self._update_controls()
 
-    def _update(self) -> None:
+    def _update_controls(self) -> None:
         g = self._group
         ref = g.reference() if g else None
         quants = g.quantized() if g else []
@@ -146,9 +147,6 @@ class LadderPanel(QWidget):
         self.plot.set_points([LadderPoint(r.file_type, r.size_bytes, r.mean_kld, r.bits_per_weight)
                               for r in self.rows if not r.is_reference])
 
-    def is_busy(self) -> bool:
-        return self._job is not None
-
     def start(self) -> None:
         from app.core.evaluate import eval_ladder
 
@@ -160,21 +158,8 @@ class LadderPanel(QWidget):
         s = self._settings()
         job = Job(eval_ladder, ref.path, cands, registry=self._registry, name="eval-ladder",
                   n_ctx=self.ctx.value(), n_chunks=self.chunks.value(), threads=s.effective_threads())
-        job.progress.connect(self._on_progress)
-        job.done.connect(self._on_done)
-        job.failed.connect(lambda e: show_error(self, e))
-        job.cancelled.connect(lambda: self.progress.setFormat("stopped"))
-        job.finished.connect(self._on_finished)
-        self._job = job.start()
-        self.progress.setRange(0, 0)
-        self.progress.setFormat("loading the models…")
         self.caption.setText(f"Evaluating {len(cands)} quantization(s) of {g.name}…")
-        self._update()
-        self.busyChanged.emit(True)
-
-    def stop(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        self._launch(job, on_done=self._on_done, on_progress=self._on_progress, busy_text="loading the models…")
 
     def _on_progress(self, p: Any) -> None:
         self.progress.setRange(0, max(1, p.total))
@@ -188,9 +173,3 @@ class LadderPanel(QWidget):
         self.progress.setFormat("done")
         self.qualityMeasured.emit(quality_by_path(rows))
 
-    def _on_finished(self) -> None:
-        self._job = None
-        if self.progress.maximum() == 0:
-            self.progress.setRange(0, 1)
-        self._update()
-        self.busyChanged.emit(False)

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 from app.core.units import format_size
 
 from .errors import show_error
+from .job_views import StopJobsOnClose
 from .library_model import ModelGroup, output_path
 from .process_job import run_in_process
 from .quantize_plan import CheckpointFacts, checkpoint_facts
@@ -58,7 +59,7 @@ def progress_parts(p: Any, types: dict[str, Any] | None = None) -> tuple[str, in
     return label, done, total, overall
 
 
-class QuantizeDialog(QDialog):
+class QuantizeDialog(StopJobsOnClose, QDialog):
     quantized = Signal(object)  # Path of the new GGUF
     factsReady = Signal()  # the predictions are in the table
 
@@ -304,16 +305,5 @@ class QuantizeDialog(QDialog):
         self._on_pick()
         self.cancel_button.setText("Close")
 
-    def _stop_jobs(self) -> None:
-        for job in (self._job, self._facts_job):
-            if job is not None:
-                job.cancel()
-                job.wait()
-
-    def closeEvent(self, e) -> None:  # noqa: N802 - Qt API
-        self._stop_jobs()
-        super().closeEvent(e)
-
-    def reject(self) -> None:
-        self._stop_jobs()
-        super().reject()
+    def _running_jobs(self) -> list[Job]:
+        return [job for job in (self._job, self._facts_job) if job is not None]
