@@ -64,7 +64,7 @@ def _stream_r1(chat, transcript: Path) -> None:
             chat.model.append_text(row, seg.kind, seg.text)
         if i == len(pieces) // 3:
             return  # leave it mid-thought: the live state is what the panel is for
-    _wait(10)
+        _wait(15)  # paced like a fast model, so the panel's "Thinking… N s" counts real seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     win = create_main_window()
     win.resize(1360, 860)
     win.show()
+    _wait_for(lambda: win.library.stack.currentIndex() == 1)  # the first scan found nothing: the empty state
     _save(win, out, "01-library-first-run")
 
     dlg = win.start_demo(chat=True)

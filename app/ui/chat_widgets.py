@@ -164,7 +164,9 @@ class MessageWidget(QFrame):
         if msg.role == "assistant" and not text and msg.streaming:
             text = "*thinking…*" if msg.reasoning else "…"
         self.body.set_markdown(text)
-        self.stats.setText(stats_line(msg))
+        stats = stats_line(msg)
+        self.stats.setText(stats)
+        self.stats.setVisible(bool(stats))  # an empty label would still take a line (users' bubbles)
         self.notice.setText(msg.notice)
         self.notice.setVisible(bool(msg.notice))
 

@@ -94,6 +94,8 @@ class DownloadDialog(StopJobsOnClose, QDialog):
         for b in (self.file_bar, self.total_bar):
             b.setRange(0, 1000)
             b.setValue(0)
+        for w in (self.file_label, self.file_bar, self.total_bar):
+            w.setVisible(False)  # shown once a download starts: empty bars at 0% look like a stalled one
         self.total_bar.setFormat("total %p%")
         self.buttons = QDialogButtonBox()
         self.download_button = self.buttons.addButton("Download", QDialogButtonBox.ButtonRole.AcceptRole)
@@ -179,6 +181,7 @@ class DownloadDialog(StopJobsOnClose, QDialog):
         self.info.setText((f"{m.summary} {m.license_note}\n" if m else "") + f"{repo_id}: listing its files…")
         job = self._start_job(f"list-{repo_id}", hub.list_files, repo_id)
         job.done.connect(lambda listing: self._on_listing(repo_id, listing))
+        job.failed.connect(lambda e: self._on_listing_failed(repo_id, e))
         job.start()
         self._update()
 
@@ -195,6 +198,10 @@ class DownloadDialog(StopJobsOnClose, QDialog):
             text = listing.message
         self.info.setText(text)
         self._update()
+
+    def _on_listing_failed(self, repo_id: str, e: BaseException) -> None:
+        if repo_id == self.repo_id:  # the error dialog said why; the label must not keep saying "listing…"
+            self.info.setText(f"{repo_id}: its files could not be listed ({e})")
 
     # ---- downloading ----------------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -213,6 +220,8 @@ class DownloadDialog(StopJobsOnClose, QDialog):
             f"Cancelled. The bytes already fetched are kept: Download again resumes {repo} where it stopped."))
         job.start()
         self.file_label.setText(f"Downloading {repo}…")
+        for w in (self.file_label, self.file_bar, self.total_bar):
+            w.setVisible(True)
         self._update()
 
     def cancel_or_close(self) -> None:
@@ -242,7 +251,7 @@ class DownloadDialog(StopJobsOnClose, QDialog):
 
     def _update(self) -> None:
         busy = self.is_running()
-        self.download_button.setEnabled(self.repo_id is not None and not busy)
+        self.download_button.setEnabled(self.listing is not None and not busy)  # what it takes is known
         self.cancel_button.setText("Cancel" if busy else "Close")
         self.catalog.setEnabled(not busy)
         self.results.setEnabled(not busy)

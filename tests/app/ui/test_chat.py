@@ -54,6 +54,9 @@ def test_enter_sends_and_the_answer_streams_with_stats(chat, window, qtbot):
     assert s["generated_tokens"] == MAX_TOKENS and s["decode_tokens_per_s"] > 0 and s["time_to_first_token_s"] > 0
     bubble = chat.transcript.widget_at(1)
     assert f"{MAX_TOKENS} tokens" in bubble.stats.text() and "tok/s" in bubble.stats.text()
+    assert bubble.stats.isVisibleTo(bubble)
+    user_bubble = chat.transcript.widget_at(0)  # no empty stats line under the user's message
+    assert user_bubble.height() < bubble.height() and not user_bubble.stats.isVisibleTo(user_bubble)
     assert bubble.body.toPlainText().strip() == reply.content.strip()
     assert window.speed_status.text() == f"{s['decode_tokens_per_s']:.1f} tok/s"
     assert "Q8_0" in window.model_status.text()

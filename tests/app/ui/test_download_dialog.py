@@ -45,7 +45,9 @@ def test_catalog_search_download_then_the_library_lists_it(window, small_repo, s
     assert f"{len(dlg.listing.needed)} of {len(dlg.listing.files)} files needed" in dlg.info.text()
     assert format_size(needed) in dlg.info.text()
     totals = []
+    assert dlg.download_button.isEnabled() and not dlg.total_bar.isVisibleTo(dlg)
     qtbot.mouseClick(dlg.download_button, Qt.MouseButton.LeftButton)
+    assert dlg.total_bar.isVisibleTo(dlg) and dlg.file_bar.isVisibleTo(dlg)
     dlg._jobs["download"].progress.connect(lambda p: totals.append((p.done, p.total)))
     with qtbot.waitSignal(window.library.refreshed, timeout=60000):
         with qtbot.waitSignal(dlg.downloaded, timeout=60000) as sig:
@@ -90,7 +92,10 @@ def test_offline_says_so_and_refuses_with_one_dialog(window, hub, error_reports,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     dlg = _open(window, qtbot)
     assert dlg.banner.isVisibleTo(dlg) and not dlg.search_button.isEnabled()
+    assert not dlg.total_bar.isVisibleTo(dlg) and not dlg.file_bar.isVisibleTo(dlg)  # no download: no bars
     dlg.select_repo("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
     qtbot.waitUntil(lambda: bool(error_reports), timeout=30000)
     assert error_reports[0].title == "You are offline"
+    qtbot.waitUntil(lambda: "could not be listed" in dlg.info.text(), timeout=10000)  # not "listing…" forever
+    assert "offline mode is on" in dlg.info.text() and not dlg.download_button.isEnabled()
     dlg.close()
