@@ -6,9 +6,15 @@ For each recipe (default Q4_K_M, Q6_K, Q8_0) it runs, each in its own fresh subp
 * llama: ``llama_cpp.llama_model_quantize(F16 GGUF, out, ftype, nthread=N)``, from the F16 GGUF our converter
   made of the same checkpoint (made once beforehand, not timed),
 
-and prints seconds, peak RSS (the child's VmHWM) and the ratio ours/llama (goal: <= 1.0), plus whether
-the two GGUFs hold identical tensors.  CPU seconds (all threads of the child, during the call) and their ratio
-come last: on a busy machine they are steadier than wall time.  Usage::
+and prints seconds, peak memory and the ratio ours/llama (goal: <= 1.0), plus whether the two GGUFs hold
+identical tensors.  CPU seconds (all threads and worker processes of the job, during the call) and their ratio
+come last: on a busy machine they are steadier than wall time.
+
+Peak memory (MiB) is the job's own peak RSS (VmHWM), or, while it has worker processes (our converter forks
+workers on Linux), the peak of the summed PSS of the job and its workers, sampled every 50 ms, if that is
+larger (PSS splits the pages a worker still shares with the job between them, so nothing is counted twice).
+smaps_rollup is only read while there are workers: a read costs milliseconds for a process that maps a big
+file, and llama.cpp's run (no workers) must not pay for the measuring.  Usage::
 
     .venv/bin/python benchmarks/bench_quantize.py [--threads N] [--repeat R] [--recipes Q4_K_M,Q6_K,Q8_0]
 """
@@ -46,12 +52,71 @@ def _peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+class _TreeMemory:
+    """Samples the summed PSS of this process and its children while it has any (Linux)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import threading
+
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def __enter__(self) -> _TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            children = _children()
+            if children:
+                self.peak_kib = max(self.peak_kib, sum(_pss_kib(pid) for pid in [os.getpid(), *children]))
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:  # gone, or no smaps_rollup
+        pass
+    return 0
+
+
+def _cpu() -> float:
+    """CPU seconds of this process's threads and of its finished (reaped) children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _timed(call) -> dict:
+    with _TreeMemory() as mem:
+        t0, c0 = time.perf_counter(), _cpu()
+        call()
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    return {"seconds": seconds, "cpu": cpu, "rss_mib": max(_peak_rss_mib(), mem.peak_kib / 1024)}
+
+
 def _job_ours(src: str, out: str, recipe: str, threads: int) -> dict:
     import quantizer
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    quantizer.convert(Path(src), Path(out), recipe, threads=threads)
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "rss_mib": _peak_rss_mib()}
+    return _timed(lambda: quantizer.convert(Path(src), Path(out), recipe, threads=threads))
 
 
 def _job_llama(src: str, out: str, recipe: str, threads: int) -> dict:
@@ -66,12 +131,16 @@ def _job_llama(src: str, out: str, recipe: str, threads: int) -> dict:
     params.nthread = threads
     quiet = llama_cpp.llama_log_callback(lambda *a: None)  # kept alive for the whole call
     llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
-    t0, c0 = time.perf_counter(), time.process_time()
-    rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rc = 0
+
+    def call() -> None:
+        nonlocal rc
+        rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
+
+    res = _timed(call)
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize returned {rc}")
-    return {"seconds": seconds, "cpu": cpu, "rss_mib": _peak_rss_mib()}
+    return res
 
 
 def _child(argv: list[str]) -> int:

@@ -3,8 +3,9 @@
 Every check that can fail runs before the first byte is written: the checkpoint's headers, config and tensor
 shapes, the tokenizer, the recipe, the imatrix, the output path and the free disk.  Then header, metadata and
 tensor infos are written (all types and sizes are known from the plan), then the tensor data is streamed from
-the memory map in blocks of rows, permuted if needed, quantized by :mod:`kernels` and written at its place, on
-``threads`` threads (see :mod:`quantizer.stream`): peak memory is a few blocks per thread plus a constant.
+the memory map in blocks of rows, permuted if needed, quantized by :mod:`kernels` and written at its place, by
+``threads`` parallel workers (forked processes on Linux, see :mod:`quantizer.stream`): peak memory is a block
+or two per worker plus a constant, whatever the model.
 
 Values fed to the quantizer are what llama.cpp's pipeline (``convert_hf_to_gguf.py``, default ``auto`` outtype,
 then ``llama-quantize``) would feed it: F16 and BF16 weights exactly, F32 weights rounded through F16 for the

@@ -1,24 +1,27 @@
-"""Tensor data, streamed: read, permute, widen, quantize and write, in blocks of rows on a few threads.
+"""Tensor data, streamed: read, permute, widen, quantize and write, in blocks of rows, on parallel workers.
 
 Every tensor is cut into blocks of whole rows of about ``_BLOCK_VALUES`` values (ggml quantizes each row on its
 own, so any cut along rows gives the same bytes).  A block is read from the memory map, permuted (Llama's Q/K,
 blocks cut on head boundaries), widened to float32 with the rounding llama.cpp's pipeline applies, quantized by
-:mod:`kernels` and written at its place in the output (the writer knows every tensor's offset), all by one of
-``threads`` worker threads; numpy releases the GIL inside its loops, so the blocks really run in parallel, and
-the next block's reading overlaps this one's quantizing.  Memory: a few blocks per thread, whatever the model
-(the source pages of a finished block are dropped from the memory map too).
+:mod:`kernels` and written at its place in the output (the writer knows every tensor's offset): all of it by one
+worker, so blocks finish in any order.  Workers are forked processes where fork is available (see
+:mod:`quantizer.forkpool` for why not threads), threads elsewhere, and the calling thread itself when
+``threads == 1``.  Memory: a block or two per worker plus a constant, whatever the model (the source pages of a
+finished block are dropped from the memory map too).
 
-The calling thread only hands out blocks, reports progress after each tensor (in file order) and watches
-``cancel``; on any error, cancel or Ctrl-C it stops the workers (the running blocks finish) before re-raising.
+The calling thread hands out blocks, counts what was written, reports progress after each tensor (in file order)
+and watches ``cancel``; on any error, cancel or Ctrl-C it stops the workers before re-raising.
 """
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
@@ -26,11 +29,13 @@ from gguf import GGMLQuantizationType as QT
 from . import arch as archmod
 from .checkpoint import Checkpoint, to_float32
 from .errors import ConversionCancelled, NonFiniteWeightsError
+from .forkpool import ForkPool, fork_available
 from .writer import StreamingGGUFWriter
 
 _FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 _BLOCK_VALUES = 1 << 20  # values per block: 4 MiB of float32, long enough for numpy, small enough to stay near cache
-_WINDOW_PER_THREAD = 4  # blocks handed out ahead per worker (queued blocks hold no memory)
+_DEPTH = 2  # tasks queued per worker: the next block is there when one finishes
+_POLL_S = 0.2  # how often cancel is looked at while no block finishes
 
 
 @dataclass(frozen=True)
@@ -60,59 +65,139 @@ class _Job:
 
 @dataclass(frozen=True)
 class _Ctx:
+    """What a worker needs (a forked worker inherits it)."""
     w: StreamingGGUFWriter
     ckpt: Checkpoint
-    stop: threading.Event
+    jobs: list[_Job]
 
 
 def stream(w: StreamingGGUFWriter, ckpt: Checkpoint, arch: archmod.Arch, cfg: dict, tensors, types, im,
            threads: int | None, progress: Callable[[ConvertProgress], None] | None,
            cancel: threading.Event | None) -> None:
-    """Write every tensor of ``tensors`` (in order, with ``types``) through ``w`` (already begun)."""
+    """Write every tensor of ``tensors`` (in order, with ``types``) through ``w`` (already begun) on ``threads``
+    workers (default: all cores)."""
+    _check_cancel(cancel)
+    n = _threads(threads)
+    jobs = [_job(i, t, types[t.name], ckpt, arch, cfg, im) for i, t in enumerate(tensors)]
+    blocks = [(j.index, r0, min(j.rows, r0 + j.step)) for j in jobs for r0 in range(0, j.rows, j.step)]
+    work = partial(_do_block, _Ctx(w, ckpt, jobs))
+    if n == 1 or len(blocks) == 1:
+        pool: Any = _InlinePool(work)
+    elif fork_available():
+        pool = ForkPool(min(n, len(blocks)), work)
+    else:
+        pool = _ThreadPool(min(n, len(blocks)), work)
+    tracker = _Tracker(jobs, progress, cancel)
+    try:
+        todo = iter(blocks)
+        pending = 0
+        while True:
+            for _ in range(pool.idle_slots(_DEPTH)):
+                block = next(todo, None)
+                if block is None:
+                    break
+                pool.submit(block, block)
+                pending += 1
+            if not pending:
+                break
+            for (index, _, _), nbytes in pool.results(_POLL_S):
+                pending -= 1
+                w.mark_written(index, nbytes)
+                tracker.block_done(index)
+            _check_cancel(cancel)
+    except BaseException:
+        pool.kill()
+        raise
+    pool.close()
+
+
+class _Tracker:
+    """Progress after each tensor, in file order, whatever order its blocks finish in."""
+
+    def __init__(self, jobs: list[_Job], progress: Callable[[ConvertProgress], None] | None,
+                 cancel: threading.Event | None) -> None:
+        self.jobs, self.progress, self.cancel = jobs, progress, cancel
+        self.left = [-(-j.rows // j.step) for j in jobs]  # blocks not yet written, per tensor
+        self.next = 0  # first tensor not yet reported
+        self.done = 0
+        self.total = sum(j.src_bytes for j in jobs)
+
+    def block_done(self, index: int) -> None:
+        self.left[index] -= 1
+        while self.next < len(self.jobs) and self.left[self.next] == 0:
+            j = self.jobs[self.next]
+            self.next += 1
+            self.done += j.src_bytes
+            if self.progress is not None:
+                self.progress(ConvertProgress(j.t.name, j.index + 1, len(self.jobs), self.done, self.total))
+            _check_cancel(self.cancel)  # a cancel set by the progress callback stops before the next report
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise ConversionCancelled("the conversion was cancelled; nothing was written")
-    jobs = [_job(i, t, types[t.name], ckpt, arch, cfg, im) for i, t in enumerate(tensors)]
-    total = sum(j.src_bytes for j in jobs)
-    ctx = _Ctx(w, ckpt, threading.Event())
-    blocks = ((j, r0, min(j.rows, r0 + j.step)) for j in jobs for r0 in range(0, j.rows, j.step))
-    done = 0
-
-    def finished(j: _Job, r1: int) -> None:
-        nonlocal done
-        if r1 == j.rows:
-            done += j.src_bytes
-            if progress is not None:
-                progress(ConvertProgress(j.t.name, j.index + 1, len(jobs), done, total))
-        if cancel is not None and cancel.is_set():
-            raise ConversionCancelled("the conversion was cancelled; nothing was written")
-
-    n_threads = _threads(threads)
-    if n_threads == 1:
-        for j, r0, r1 in blocks:
-            _run_block(ctx, j, r0, r1)
-            finished(j, r1)
-        return
-    _run_parallel(ctx, blocks, n_threads, finished)
 
 
-def _run_parallel(ctx: _Ctx, blocks: Iterator[tuple[_Job, int, int]], n_threads: int,
-                  finished: Callable[[_Job, int], None]) -> None:
-    pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="quantize")
-    pending: deque[tuple[_Job, int, Future[None]]] = deque()
-    try:
-        for j, r0, r1 in blocks:
-            pending.append((j, r1, pool.submit(_run_block, ctx, j, r0, r1)))
-            if len(pending) >= _WINDOW_PER_THREAD * n_threads:
-                j0, r, fut = pending.popleft()
-                fut.result()
-                finished(j0, r)
-        while pending:
-            j0, r, fut = pending.popleft()
-            fut.result()
-            finished(j0, r)
-    finally:
-        ctx.stop.set()  # on an error: blocks not yet started do nothing
-        pool.shutdown(wait=True, cancel_futures=True)
+class _InlinePool:
+    """The pool interface, run on the calling thread (one worker: no handing over at all)."""
+
+    def __init__(self, fn: Callable[..., int]) -> None:
+        self.fn = fn
+        self.ready: list[tuple[Any, int]] = []
+
+    def idle_slots(self, depth: int) -> int:
+        return 0 if self.ready else 1
+
+    def submit(self, task_id: Any, args: tuple) -> None:
+        self.ready.append((task_id, self.fn(*args)))
+
+    def results(self, timeout: float | None) -> list[tuple[Any, int]]:
+        out, self.ready = self.ready, []
+        return out
+
+    def close(self) -> None:
+        pass
+
+    kill = close
+
+
+class _ThreadPool:
+    """The pool interface on threads, where processes cannot be forked."""
+
+    def __init__(self, n: int, fn: Callable[..., int]) -> None:
+        self.n, self.fn = n, fn
+        self.ex = ThreadPoolExecutor(max_workers=n, thread_name_prefix="quantize")
+        self.done: queue.SimpleQueue[tuple[Any, Future[int]]] = queue.SimpleQueue()
+        self.stop = threading.Event()
+        self.busy = 0
+
+    def idle_slots(self, depth: int) -> int:
+        return max(0, self.n * depth - self.busy)
+
+    def submit(self, task_id: Any, args: tuple) -> None:
+        def run() -> int:
+            return 0 if self.stop.is_set() else self.fn(*args)
+
+        fut = self.ex.submit(run)
+        fut.add_done_callback(lambda f: self.done.put((task_id, f)))
+        self.busy += 1
+
+    def results(self, timeout: float | None) -> list[tuple[Any, int]]:
+        try:
+            items = [self.done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while not self.done.empty():
+            items.append(self.done.get())
+        self.busy -= len(items)
+        return [(task_id, f.result()) for task_id, f in items]
+
+    def close(self) -> None:
+        self.ex.shutdown(wait=True)
+
+    def kill(self) -> None:
+        self.stop.set()  # blocks not yet started do nothing; running ones finish
+        self.ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _threads(threads: int | None) -> int:
@@ -166,11 +251,11 @@ def _rows_f32(ckpt: Checkpoint, j: _Job, r0: int, r1: int) -> np.ndarray:
     return to_float32(raw, entry.dtype)
 
 
-def _run_block(ctx: _Ctx, j: _Job, r0: int, r1: int) -> None:
+def _do_block(ctx: _Ctx, index: int, r0: int, r1: int) -> int:
+    """Read, widen, quantize and write rows ``r0:r1`` of tensor ``index``; returns the bytes written."""
     import kernels
 
-    if ctx.stop.is_set():
-        return
+    j = ctx.jobs[index]
     x = _rows_f32(ctx.ckpt, j, r0, r1)
     if j.t.hf_name is not None:  # the source pages are not needed again: keep them out of our memory
         per_row = ctx.ckpt.tensors[j.t.hf_name].nbytes // j.rows
@@ -180,7 +265,7 @@ def _run_block(ctx: _Ctx, j: _Job, r0: int, r1: int) -> None:
     except kernels.NonFiniteError:
         raise _non_finite(ctx.ckpt, j) from None
     del x
-    ctx.w.write_rows(j.index, r0 * j.row_bytes, data)
+    return ctx.w.pwrite_rows(index, r0 * j.row_bytes, data)
 
 
 def _non_finite(ckpt: Checkpoint, j: _Job) -> NonFiniteWeightsError:

@@ -246,7 +246,7 @@ def _merges(tj: Mapping[str, Any]) -> list[str]:
         return list(merges)
     if isinstance(merges[0], list) and len(merges[0]) == 2:
         # transformers >= 4.45 stores pairs; llama.cpp joins them with a space, encoding spaces as U+0120 + 256
-        if all(len(pair) == 2 for pair in merges):
+        if set(map(len, merges)) == {2}:
             return [f"{a.translate(_SPACE_TO_G)} {b.translate(_SPACE_TO_G)}" for a, b in merges]
         return [" ".join(part.translate(_SPACE_TO_G) for part in pair) for pair in merges]
     raise TokenizerError("tokenizer.json has merges in an unknown format; download it again")

@@ -137,6 +137,11 @@ class StreamingGGUFWriter:
     def write_rows(self, index: int, offset: int, data: np.ndarray) -> None:
         """Write ``data`` (C-contiguous) at byte ``offset`` of tensor number ``index`` (declaration order).
         Safe to call from several threads at once, for distinct parts of the data."""
+        self.mark_written(index, self.pwrite_rows(index, offset, data))
+
+    def pwrite_rows(self, index: int, offset: int, data: np.ndarray) -> int:
+        """The writing half of :meth:`write_rows`, without the bookkeeping: usable from a forked worker process
+        (which shares the file descriptor); the parent then calls :meth:`mark_written`.  Returns the bytes."""
         name, want = self._expected[index]
         if offset < 0 or offset + data.nbytes > want:
             raise ValueError(f"{data.nbytes} bytes at offset {offset} do not fit tensor {name!r} ({want} bytes)")
@@ -148,8 +153,12 @@ class StreamingGGUFWriter:
                 buf, pos = buf[n:], pos + n
         except OSError as e:
             raise OutputError(f"writing {self._tmp} failed ({e.strerror or e}); check the free disk space") from None
+        return data.nbytes
+
+    def mark_written(self, index: int, nbytes: int) -> None:
+        """Count ``nbytes`` of tensor ``index`` as written (:meth:`commit` checks every tensor is complete)."""
         with self._lock:
-            self._done[index] += data.nbytes
+            self._done[index] += nbytes
 
     def write_tensor(self, name: str, data: np.ndarray) -> None:
         """Write the next tensor's bytes (tensors in the declared order)."""
