@@ -6,10 +6,10 @@ model (the engine is also a context manager).
 
 * Loading checks the file first (exists, GGUF magic, readable header, fits in RAM) and turns every failure into
   :class:`~app.core.errors.ModelLoadError` saying what to do.
-* The context size is rounded up to a multiple of :data:`CTX_GRANULARITY` (256) before llama.cpp sees it:
-  llama.cpp pads ``n_ctx`` so itself, while llama-cpp-python sizes its token buffer for the number asked, so an
-  unrounded size (64, 300) let generation run past that buffer (tokens silently dropped, then a numpy broadcast
-  error).  ``Engine.n_ctx`` is the rounded size; nonsense sizes raise
+* The context size is rounded up to a multiple of 256 (:func:`~app.core.llama_runtime.context_size`) before
+  llama.cpp sees it: llama.cpp pads ``n_ctx`` so itself, while llama-cpp-python sizes its token buffer for the
+  number asked, so an unrounded size (64, 300) let generation run past that buffer (tokens silently dropped, then
+  a numpy broadcast error).  ``Engine.n_ctx`` is the rounded size; nonsense sizes raise
   :class:`~app.core.errors.EngineSettingError`.
 * ``backend`` is ``"CPU"``, or ``"CUDA"``/``"Metal"``/``"Vulkan"``/... when this llama.cpp build offloads to a
   GPU; ``n_gpu_layers > 0`` on a CPU-only build raises :class:`~app.core.errors.GpuUnavailableError`.
@@ -48,18 +48,13 @@ from .chat_types import (
     Role,
     SamplingSettings,
 )
-from .errors import (
-    ContextOverflowError,
-    EngineBusyError,
-    EngineError,
-    EngineSettingError,
-    GpuUnavailableError,
-    ModelLoadError,
-)
+from .errors import ContextOverflowError, EngineBusyError, EngineError, GpuUnavailableError, ModelLoadError
 from .gguf_header import GGUFHeader, read_header
 from .llama_runtime import (
+    MAX_N_CTX,
     available_memory,
     clear_recent_problems,
+    context_size,
     gpu_backend,
     install_llama_log_handler,
     recent_problems,
@@ -70,24 +65,11 @@ from .units import format_size
 
 log = logging.getLogger(__name__)
 DEFAULT_SETTINGS = SamplingSettings()   # DeepSeek-R1's recommended sampling
-CTX_GRANULARITY = 256      # llama.cpp pads n_ctx up to a multiple of this (llama-context.cpp: GGML_PAD(n_ctx, 256))
-MAX_N_CTX = 1 << 24        # 16M tokens: beyond any model's context; larger is a typo, not a setting
 
 
-def context_size(n_ctx: int, trained: int = 0) -> int:
-    """The context llama.cpp will really have for ``n_ctx`` (0 = the model's ``trained`` length): rounded up to a
-    multiple of :data:`CTX_GRANULARITY`.  Raises EngineSettingError for a size that is not a whole number from 0
-    to :data:`MAX_N_CTX`."""
-    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 0 <= n_ctx <= MAX_N_CTX:
-        raise EngineSettingError(f"context size {n_ctx!r} is not valid: use a whole number of tokens from 1 to "
-                                 f"{MAX_N_CTX:,} (e.g. 4096), or 0 for the model's trained length")
-    n = n_ctx or trained
-    return -(-n // CTX_GRANULARITY) * CTX_GRANULARITY if n else 0
-
-
-__all__ = ["DEFAULT_SETTINGS", "Engine", "FinishReason", "Message", "MessageLike", "ModelInfo", "OnText",
-           "PreparedPrompt", "Reply", "ReplyStats", "Role", "SamplingSettings", "gpu_backend",
-           "install_llama_log_handler"]
+__all__ = ["DEFAULT_SETTINGS", "MAX_N_CTX", "Engine", "FinishReason", "Message", "MessageLike", "ModelInfo", "OnText",
+           "PreparedPrompt", "Reply", "ReplyStats", "Role", "SamplingSettings", "context_size",
+           "gpu_backend", "install_llama_log_handler"]
 
 
 def _as_message(m: MessageLike) -> Message:
@@ -115,7 +97,8 @@ class Engine:
     """One loaded model.  See the module docstring.
 
     ``model_path``: a GGUF file.  ``n_ctx``: context window (tokens) for this load (0 = the trained length),
-    rounded up to a multiple of 256 (see :func:`context_size`; :attr:`n_ctx` tells the size in effect).
+    rounded up to a multiple of 256 (:func:`~app.core.llama_runtime.context_size`; :attr:`n_ctx` is the size in
+    effect).
     ``n_threads``: CPU threads (``None`` = llama.cpp's default).  ``n_gpu_layers``: layers to offload (``-1`` =
     all; needs a GPU build).  ``use_mmap``: map the file instead of reading it into RAM.  ``seed``: default seed
     for sampling (``SamplingSettings.seed`` overrides it).  ``vocab_only``: load only the tokenizer and metadata

@@ -1,4 +1,5 @@
-"""llama.cpp process-wide plumbing: its log routed to ``logging``, which GPU backend the build has, free memory.
+"""llama.cpp process-wide plumbing: its log routed to ``logging``, the context sizes it really makes, which GPU
+backend the build has, free and total memory.
 
 llama.cpp logs through one global callback.  Importing ``llama_cpp`` installs llama-cpp-python's, which prints to
 stderr; :func:`install_llama_log_handler` replaces it with one that sends whole lines to the ``logging`` logger
@@ -12,6 +13,8 @@ import os
 import threading
 from collections import deque
 from typing import Any
+
+from .errors import EngineSettingError
 
 llama_log = logging.getLogger("app.core.llama_cpp")
 
@@ -52,6 +55,22 @@ def install_llama_log_handler() -> None:
     if _log_state["callback"] is None:
         _log_state["callback"] = llama_cpp.llama_log_callback(_on_llama_log)   # kept alive: C holds the pointer
     llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
+
+
+# ---- context size ------------------------------------------------------------------------------------------------
+CTX_GRANULARITY = 256      # llama.cpp pads n_ctx up to a multiple of this (llama-context.cpp: GGML_PAD(n_ctx, 256))
+MAX_N_CTX = 1 << 24        # 16M tokens: beyond any model's context; larger is a typo, not a setting
+
+
+def context_size(n_ctx: int, trained: int = 0) -> int:
+    """The context llama.cpp will really have for ``n_ctx`` (0 = the model's ``trained`` length): rounded up to a
+    multiple of :data:`CTX_GRANULARITY`.  Raises EngineSettingError for a size that is not a whole number from 0
+    to :data:`MAX_N_CTX`."""
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 0 <= n_ctx <= MAX_N_CTX:
+        raise EngineSettingError(f"context size {n_ctx!r} is not valid: use a whole number of tokens from 1 to "
+                                 f"{MAX_N_CTX:,} (e.g. 4096), or 0 for the model's trained length")
+    n = n_ctx or trained
+    return -(-n // CTX_GRANULARITY) * CTX_GRANULARITY if n else 0
 
 
 # GPU backends as llama.cpp's system info names them, and how we call them.
