@@ -1,8 +1,9 @@
 """``convert``: a Hugging Face checkpoint to a GGUF of any recipe, in one streaming pass.
 
 Every check that can fail runs before the first byte is written: the checkpoint's headers, config and tensor
-shapes, the tokenizer, the recipe, the imatrix, the output path and the free disk.  Then header, metadata and
-tensor infos are written (all types and sizes are known from the plan), then the tensor data is streamed from
+shapes, the recipe, the imatrix, the output path and the free disk, then the tokenizer (while the workers
+already quantize the first blocks, which they hold until the header is written).  Header, metadata and tensor
+infos come first in the file (all types and sizes are known from the plan), then the tensor data, streamed from
 the memory map in blocks of rows, permuted if needed, quantized by :mod:`kernels` and written at its place, by
 ``threads`` parallel workers (forked processes on Linux, see :mod:`quantizer.stream`): peak memory is a block
 or two per worker plus a constant, whatever the model.
@@ -35,7 +36,7 @@ from .errors import (
     OutputNotWritableError,
 )
 from .recipes import FLOAT_RECIPES, QUANTIZATION_VERSION, TensorInfo, plan
-from .stream import ConvertProgress, stream
+from .stream import ConvertProgress, TensorStream
 from .tokenizer import export_vocab
 from .writer import StreamingGGUFWriter
 
@@ -69,7 +70,6 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: st
         arch = archmod.get_arch(ckpt.config)
         cfg = archmod.resolve_config(arch, ckpt.config)
         tensors = archmod.plan_tensors(arch, cfg, {n: e.shape for n, e in ckpt.tensors.items()})
-        vocab_kv = export_vocab(folder, cfg, arch, pre_tokenizer=pre_tokenizer)
         im = _load_imatrix(imatrix)
         p = plan(recipe, [TensorInfo(t.name, t.shape) for t in tensors], archmod.model_params(arch, cfg),
                  has_imatrix=im is not None)
@@ -79,14 +79,17 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: st
         from kernels import row_bytes
 
         sizes = {t.name: _nbytes(row_bytes, t.shape, p.types[t.name]) for t in tensors}
-        w = StreamingGGUFWriter(out, arch.name)
-        with w:
-            _add_metadata(w, arch, cfg, p, tensors, vocab_kv, model_name(src), im, imatrix)
-            del vocab_kv
+        with StreamingGGUFWriter(out, arch.name) as w:
             for t in tensors:
                 w.add_tensor_info(t.name, t.shape, p.types[t.name], sizes[t.name])
-            w.begin()
-            stream(w, ckpt, arch, cfg, tensors, p.types, im, threads, progress, cancel)
+            w.create()
+            # the workers start on the first blocks now; the tokenizer export and the header are built meanwhile
+            with TensorStream(w, ckpt, arch, cfg, tensors, p.types, im, threads, progress, cancel) as data:
+                vocab_kv = export_vocab(folder, cfg, arch, pre_tokenizer=pre_tokenizer)
+                _add_metadata(w, arch, cfg, p, tensors, vocab_kv, model_name(src), im, imatrix)
+                del vocab_kv
+                w.begin()
+                data.run()
             w.commit()
     n_weights = sum(int(np.prod(t.shape)) for t in tensors)
     data = sum(sizes.values())

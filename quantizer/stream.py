@@ -36,6 +36,7 @@ _FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 _BLOCK_VALUES = 1 << 20  # values per block: 4 MiB of float32, long enough for numpy, small enough to stay near cache
 _DEPTH = 2  # tasks queued per worker: the next block is there when one finishes
 _POLL_S = 0.2  # how often cancel is looked at while no block finishes
+_AHEAD_BYTES = 32 << 20  # quantized output forked workers may hold while the header is being written
 
 
 @dataclass(frozen=True)
@@ -76,39 +77,72 @@ def stream(w: StreamingGGUFWriter, ckpt: Checkpoint, arch: archmod.Arch, cfg: di
            cancel: threading.Event | None) -> None:
     """Write every tensor of ``tensors`` (in order, with ``types``) through ``w`` (already begun) on ``threads``
     workers (default: all cores)."""
-    _check_cancel(cancel)
-    n = _threads(threads)
-    jobs = [_job(i, t, types[t.name], ckpt, arch, cfg, im) for i, t in enumerate(tensors)]
-    blocks = [(j.index, r0, min(j.rows, r0 + j.step)) for j in jobs for r0 in range(0, j.rows, j.step)]
-    work = partial(_do_block, _Ctx(w, ckpt, jobs))
-    if n == 1 or len(blocks) == 1:
-        pool: Any = _InlinePool(work)
-    elif fork_available():
-        pool = ForkPool(min(n, len(blocks)), work)
-    else:
-        pool = _ThreadPool(min(n, len(blocks)), work)
-    tracker = _Tracker(jobs, progress, cancel)
-    try:
-        todo = iter(blocks)
-        pending = 0
+    with TensorStream(w, ckpt, arch, cfg, tensors, types, im, threads, progress, cancel) as s:
+        s.run()
+
+
+class TensorStream:
+    """The data phase in two steps: creating it starts the workers (``w`` must be created, not yet begun) and,
+    where they are forked processes, hands them the first blocks, up to ``_AHEAD_BYTES`` of output, which they
+    quantize while the caller builds and writes the header; :meth:`run` (after ``w.begin()``) does the rest.
+    Use as a context manager: leaving it early stops the workers."""
+
+    def __init__(self, w: StreamingGGUFWriter, ckpt: Checkpoint, arch: archmod.Arch, cfg: dict, tensors, types,
+                 im, threads: int | None, progress: Callable[[ConvertProgress], None] | None,
+                 cancel: threading.Event | None) -> None:
+        _check_cancel(cancel)
+        n = _threads(threads)
+        self.w, self.cancel = w, cancel
+        self.jobs = [_job(i, t, types[t.name], ckpt, arch, cfg, im) for i, t in enumerate(tensors)]
+        blocks = [(j.index, r0, min(j.rows, r0 + j.step)) for j in self.jobs for r0 in range(0, j.rows, j.step)]
+        self.tracker = _Tracker(self.jobs, progress, cancel)
+        ctx = _Ctx(w, ckpt, self.jobs)
+        self.todo = iter(blocks)
+        self.pending = 0
+        if n == 1 or len(blocks) == 1:
+            self.pool: Any = _InlinePool(partial(_do_block, ctx))
+        elif fork_available():
+            self.pool = ForkPool(min(n, len(blocks)), partial(_encode_block, ctx), partial(_write_block, ctx))
+            self._hand_out_ahead()
+        else:
+            self.pool = _ThreadPool(min(n, len(blocks)), partial(_do_block, ctx))
+
+    def _hand_out_ahead(self) -> None:
+        ahead = 0
+        while ahead < _AHEAD_BYTES:
+            block = next(self.todo, None)
+            if block is None:
+                return
+            self.pool.submit(block, block)
+            self.pending += 1
+            index, r0, r1 = block
+            ahead += (r1 - r0) * self.jobs[index].row_bytes
+
+    def run(self) -> None:
+        """Write every block (the header must be written: ``w.begin()``)."""
+        self.pool.start(self.w.data_start)
         while True:
-            for _ in range(pool.idle_slots(_DEPTH)):
-                block = next(todo, None)
+            for _ in range(self.pool.idle_slots(_DEPTH)):
+                block = next(self.todo, None)
                 if block is None:
                     break
-                pool.submit(block, block)
-                pending += 1
-            if not pending:
+                self.pool.submit(block, block)
+                self.pending += 1
+            if not self.pending:
                 break
-            for (index, _, _), nbytes in pool.results(_POLL_S):
-                pending -= 1
-                w.mark_written(index, nbytes)
-                tracker.block_done(index)
-            _check_cancel(cancel)
-    except BaseException:
-        pool.kill()
-        raise
-    pool.close()
+            for (index, _, _), nbytes in self.pool.results(_POLL_S):
+                self.pending -= 1
+                self.w.mark_written(index, nbytes)
+                self.tracker.block_done(index)
+            _check_cancel(self.cancel)
+        self.pool.close()
+
+    def __enter__(self) -> TensorStream:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.pool.kill()
 
 
 class _Tracker:
@@ -155,6 +189,9 @@ class _InlinePool:
         out, self.ready = self.ready, []
         return out
 
+    def start(self, data_start: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -191,6 +228,9 @@ class _ThreadPool:
             items.append(self.done.get())
         self.busy -= len(items)
         return [(task_id, f.result()) for task_id, f in items]
+
+    def start(self, data_start: int) -> None:
+        pass
 
     def close(self) -> None:
         self.ex.shutdown(wait=True)
@@ -253,6 +293,11 @@ def _rows_f32(ckpt: Checkpoint, j: _Job, r0: int, r1: int) -> np.ndarray:
 
 def _do_block(ctx: _Ctx, index: int, r0: int, r1: int) -> int:
     """Read, widen, quantize and write rows ``r0:r1`` of tensor ``index``; returns the bytes written."""
+    return ctx.w.pwrite_rows(*_encode_block(ctx, index, r0, r1))
+
+
+def _encode_block(ctx: _Ctx, index: int, r0: int, r1: int) -> tuple[int, int, np.ndarray]:
+    """Read, widen and quantize rows ``r0:r1`` of tensor ``index``: (index, byte offset in the tensor, data)."""
     import kernels
 
     j = ctx.jobs[index]
@@ -264,8 +309,13 @@ def _do_block(ctx: _Ctx, index: int, r0: int, r1: int) -> int:
         data = kernels.quantize(x, j.qtype, imatrix=j.weights, threads=1)
     except kernels.NonFiniteError:
         raise _non_finite(ctx.ckpt, j) from None
-    del x
-    return ctx.w.pwrite_rows(index, r0 * j.row_bytes, data)
+    return index, r0 * j.row_bytes, data
+
+
+def _write_block(ctx: _Ctx, block: tuple[int, int, np.ndarray], data_start: int) -> int:
+    """In a forked worker: write an encoded block, the data section starting at ``data_start``."""
+    ctx.w.set_data_start(data_start)
+    return ctx.w.pwrite_rows(*block)
 
 
 def _non_finite(ckpt: Checkpoint, j: _Job) -> NonFiniteWeightsError:

@@ -77,7 +77,7 @@ def _pack_array_items(val: Sequence[Any], sub_type: GGUFValueType | None) -> tup
 
 
 class StreamingGGUFWriter:
-    """``with StreamingGGUFWriter(out, arch) as w: w.add_kv(...); w.add_tensor_info(...); w.begin();
+    """``with StreamingGGUFWriter(out, arch) as w: w.add_kv(...); w.add_tensor_info(...); [w.create();] w.begin();
     w.write_tensor(...) or w.write_rows(...) ...; w.commit()``."""
 
     def __init__(self, out: Path, arch: str) -> None:
@@ -111,16 +111,22 @@ class StreamingGGUFWriter:
         self.data_bytes += gguf.GGUFWriter.ggml_pad(nbytes, self._gw.data_alignment)
 
     # ---- writing ---------------------------------------------------------------------------------------------
-    def begin(self) -> None:
-        """Create the temporary file and write header, metadata and tensor infos."""
+    def create(self) -> None:
+        """Create the temporary file next to the output (its descriptor is what :meth:`pwrite_rows` writes to,
+        also in worker processes forked after this)."""
+        if self._tmp is not None:
+            return
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent)
+            self._fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent)
         except OSError as e:
             raise OutputNotWritableError(
                 f"cannot create a file in {self.out.parent} ({e.strerror or e}); choose an output folder you can "
                 f"write to") from None
-        os.close(fd)
         self._tmp = Path(tmp)
+
+    def begin(self) -> None:
+        """Write header, metadata and tensor infos (creating the temporary file first if needed)."""
+        self.create()
         try:
             self._gw.write_header_to_file(path=self._tmp)
             self._gw.write_kv_data_to_file()
@@ -128,11 +134,19 @@ class StreamingGGUFWriter:
             assert self._gw.fout is not None
             f = self._gw.fout[0]
             f.flush()
-            self._fd = f.fileno()
             self._data_start = gguf.GGUFWriter.ggml_pad(f.tell(), self._gw.data_alignment)
         except OSError as e:
             raise OutputError(f"writing {self._tmp} failed ({e.strerror or e}); check the disk") from None
         self._gw.kv_data = [{}]  # the vocabulary is on disk; let it go
+
+    @property
+    def data_start(self) -> int:
+        """Offset of the tensor data in the file (known once :meth:`begin` has run)."""
+        return self._data_start
+
+    def set_data_start(self, offset: int) -> None:
+        """Tell a copy of this writer in a worker process forked before :meth:`begin` where the data starts."""
+        self._data_start = offset
 
     def write_rows(self, index: int, offset: int, data: np.ndarray) -> None:
         """Write ``data`` (C-contiguous) at byte ``offset`` of tensor number ``index`` (declaration order).
@@ -179,6 +193,7 @@ class StreamingGGUFWriter:
         try:
             os.ftruncate(self._fd, self._data_start + self.data_bytes)  # the last tensor's padding
             os.fsync(self._fd)
+            self._close_fd()
             self._gw.close()
             os.replace(self._tmp, self.out)
         except OSError as e:
@@ -189,12 +204,18 @@ class StreamingGGUFWriter:
     def abort(self) -> None:
         """Close and delete the temporary file (safe to call at any point, and more than once)."""
         try:
+            self._close_fd()
             self._gw.close()
         finally:
             if self._tmp is not None:
                 self._tmp.unlink(missing_ok=True)
                 log.info("removed the partial output %s", self._tmp)
                 self._tmp = None
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
     def __enter__(self) -> StreamingGGUFWriter:
         return self
