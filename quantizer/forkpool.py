@@ -82,9 +82,9 @@ class ForkPool:
         """How many more tasks fit if every worker may hold ``depth``."""
         return sum(max(0, depth - w.tasks) for w in self._workers)
 
-    def submit(self, task_id: Any, args: tuple) -> None:
-        """Send a task to the worker with the fewest unanswered tasks."""
-        w = min(self._workers, key=lambda w: w.tasks)
+    def submit(self, task_id: Any, args: tuple, among: int | None = None) -> None:
+        """Send a task to the worker with the fewest unanswered tasks (among the first ``among`` workers)."""
+        w = min(self._workers[:among], key=lambda w: w.tasks)
         self._send(w, (_TASK, task_id, args))
         w.tasks += 1
 

@@ -102,18 +102,20 @@ class TensorStream:
         if n == 1 or len(blocks) == 1:
             self.pool: Any = _InlinePool(partial(_do_block, ctx))
         elif fork_available():
-            self.pool = ForkPool(min(n, len(blocks)), partial(_encode_block, ctx), partial(_write_block, ctx))
-            self._hand_out_ahead()
+            n = min(n, len(blocks))
+            self.pool = ForkPool(n, partial(_encode_block, ctx), partial(_write_block, ctx))
+            self._hand_out_ahead(n)
         else:
             self.pool = _ThreadPool(min(n, len(blocks)), partial(_do_block, ctx))
 
-    def _hand_out_ahead(self) -> None:
+    def _hand_out_ahead(self, workers: int) -> None:
+        """The first blocks, to all workers but one: the caller, busy with the header meanwhile, keeps a core."""
         ahead = 0
         while ahead < _AHEAD_BYTES:
             block = next(self.todo, None)
             if block is None:
                 return
-            self.pool.submit(block, block)
+            self.pool.submit(block, block, among=max(1, workers - 1))
             self.pending += 1
             index, r0, r1 = block
             ahead += (r1 - r0) * self.jobs[index].row_bytes

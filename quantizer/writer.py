@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -30,6 +31,34 @@ log = logging.getLogger(__name__)
 
 _PACK_LEN = struct.Struct("<Q").pack
 _MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Linux: start writing these bytes to disk now (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which neither
+    waits nor drops them from the cache), so that the fsync before the rename has almost nothing left to do
+    (it took ~10% of a small model's conversion).  Elsewhere nothing."""
+    global _SYNC_FILE_RANGE
+    if _SYNC_FILE_RANGE is None:
+        _SYNC_FILE_RANGE = _find_sync_file_range()
+    if _SYNC_FILE_RANGE:
+        _SYNC_FILE_RANGE(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; a failure only means no head start
+
+
+def _find_sync_file_range() -> Any:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE: Any = None
 
 
 class _BulkGGUFWriter(gguf.GGUFWriter):
@@ -58,7 +87,11 @@ def _pack_array_items(val: Sequence[Any], sub_type: GGUFValueType | None) -> tup
     """(element type, packed elements) of a homogeneous array of ``str`` or ``int``, else None."""
     kinds = set(map(type, val))
     if kinds == {str} and sub_type in (None, GGUFValueType.STRING):
-        enc = [s.encode("utf-8") for s in val]
+        joined = "\0".join(val)  # one encode and one split instead of one encode per string
+        if joined.count("\0") == len(val) - 1:
+            enc = joined.encode("utf-8").split(b"\0")
+        else:  # a string holds a NUL itself
+            enc = [s.encode("utf-8") for s in val]
         parts: list[bytes] = [b""] * (2 * len(enc))
         parts[0::2] = map(_PACK_LEN, map(len, enc))
         parts[1::2] = enc
@@ -161,12 +194,14 @@ class StreamingGGUFWriter:
             raise ValueError(f"{data.nbytes} bytes at offset {offset} do not fit tensor {name!r} ({want} bytes)")
         buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
         pos = self._data_start + self._offsets[index] + offset
+        start = pos
         try:
             while buf:
                 n = os.pwrite(self._fd, buf[:_MAX_WRITE], pos)
                 buf, pos = buf[n:], pos + n
         except OSError as e:
             raise OutputError(f"writing {self._tmp} failed ({e.strerror or e}); check the free disk space") from None
+        _start_writeback(self._fd, start, pos - start)
         return data.nbytes
 
     def mark_written(self, index: int, nbytes: int) -> None:
