@@ -91,8 +91,8 @@ class Printer:
         notes = []
         if reply.finish_reason == "cancelled":
             notes.append("[stopped]")
-        elif reply.finish_reason == "length":
-            notes.append("[reply cut at the token limit]")
+        elif reply.finish_reason == "length" and not reply.context_full:   # a full context: the notice says so
+            notes.append("[reply cut at the token limit: raise --max-tokens for longer replies]")
         if reply.unterminated:
             notes.append("[the reasoning never finished]")
         elif reply.skipped_reasoning and reply.reasoning == "" and "<think>" in reply.text:
@@ -141,7 +141,8 @@ class Session:
         printer.end(reply)
         self.messages.append(reply.as_message())
         stats = {**reply.stats.to_dict(), "finish_reason": reply.finish_reason,
-                 "dropped_turns": reply.dropped_turns, "unterminated": reply.unterminated,
+                 "dropped_turns": reply.dropped_turns, "context_full": reply.context_full,
+                 "unterminated": reply.unterminated,
                  "skipped_reasoning": reply.skipped_reasoning}
         self._save(self.messages[-1], stats)
         return reply

@@ -5,7 +5,7 @@ without loading llama.cpp.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +61,27 @@ class Message:
 MessageLike = Message | Mapping[str, Any]   # dicts with "role" and "content" (and optional "reasoning") work too
 
 
+def as_message(m: MessageLike) -> Message:
+    if isinstance(m, Message):
+        return m
+    role = m.get("role")
+    if role not in ("system", "user", "assistant"):
+        raise ValueError(f"unknown message role {role!r}: use system, user or assistant")
+    return Message(role, str(m.get("content") or ""), str(m.get("reasoning") or ""))
+
+
+def split_turns(messages: Sequence[Message]) -> tuple[Message | None, list[list[Message]]]:
+    """(system prompt, turns): a turn is a user message and what follows it up to the next user message."""
+    system = messages[0] if messages and messages[0].role == "system" else None
+    turns: list[list[Message]] = []
+    for m in messages[1 if system else 0:]:
+        if m.role == "user" or not turns:
+            turns.append([m])
+        else:
+            turns[-1].append(m)
+    return system, turns
+
+
 @dataclass(frozen=True)
 class ReplyStats:
     """Timings of one reply.  Rates are 0.0 when there was nothing to time."""
@@ -90,10 +111,10 @@ class Reply:
     """What :meth:`Engine.chat` returns.
 
     ``text``: the raw generated text; ``reasoning``/``answer``: it split by the thinking parser.
-    ``finish_reason``: ``"stop"`` (end-of-generation token), ``"length"`` (max_tokens or context full),
-    ``"cancelled"`` (the cancel event was set; the partial text is kept).
-    ``dropped_turns``: how many of the oldest turns were left out to fit the context; ``notice`` says so in words
-    (``None`` when nothing was left out).
+    ``finish_reason``: ``"stop"`` (end-of-generation token), ``"length"`` (max_tokens reached, or the context
+    ended: then ``context_full``), ``"cancelled"`` (the cancel event was set; the partial text is kept).
+    ``dropped_turns``: how many of the oldest turns were left out to fit the context.  ``notice`` says in words
+    that turns were left out and/or that the reply was cut where the context ends (``None`` when neither).
     """
 
     text: str
@@ -105,6 +126,7 @@ class Reply:
     skipped_reasoning: bool = False
     dropped_turns: int = 0
     notice: str | None = None
+    context_full: bool = False
     tokens: tuple[int, ...] = field(default=(), repr=False)
 
     def as_message(self) -> Message:

@@ -18,8 +18,10 @@ model (the engine is also a context manager).
 * :meth:`Engine.chat` renders the model's own chat template (from the GGUF metadata, in a Jinja2 sandbox: see
   :mod:`app.core.chat_template`), streams tokens through :class:`~app.core.thinking.ThinkingParser`, can be
   cancelled at any token, and returns a :class:`Reply` with the reasoning and the answer apart, why it stopped,
-  and timings.  Earlier assistant turns are sent without their reasoning (DeepSeek's guidance for R1); when the
-  conversation does not fit, the oldest turns after the system prompt are left out and the reply says so.
+  and timings.  Earlier assistant turns are sent without their reasoning (DeepSeek's guidance for R1).  The reply
+  may use all the context the prompt leaves; only when the prompt leaves less than ``min(max_tokens, n_ctx // 4)``
+  are the oldest turns after the system prompt left out, and the reply says so (and says when it was cut
+  because the context ended).
 * Across turns llama-cpp-python's KV cache is reused for the common prefix of the previous and the new prompt
   (``Llama.generate`` does the prefix match), so a follow-up question evaluates only the new tokens.
 """
@@ -47,6 +49,8 @@ from .chat_types import (
     ReplyStats,
     Role,
     SamplingSettings,
+    as_message,
+    split_turns,
 )
 from .errors import ContextOverflowError, EngineBusyError, EngineError, GpuUnavailableError, ModelLoadError
 from .gguf_header import GGUFHeader, read_header
@@ -70,27 +74,6 @@ DEFAULT_SETTINGS = SamplingSettings()   # DeepSeek-R1's recommended sampling
 __all__ = ["DEFAULT_SETTINGS", "MAX_N_CTX", "Engine", "FinishReason", "Message", "MessageLike", "ModelInfo", "OnText",
            "PreparedPrompt", "Reply", "ReplyStats", "Role", "SamplingSettings", "context_size",
            "gpu_backend", "install_llama_log_handler"]
-
-
-def _as_message(m: MessageLike) -> Message:
-    if isinstance(m, Message):
-        return m
-    role = m.get("role")
-    if role not in ("system", "user", "assistant"):
-        raise ValueError(f"unknown message role {role!r}: use system, user or assistant")
-    return Message(role, str(m.get("content") or ""), str(m.get("reasoning") or ""))
-
-
-def _turns(messages: Sequence[Message]) -> tuple[Message | None, list[list[Message]]]:
-    """(system prompt, turns): a turn is a user message and what follows it up to the next user message."""
-    system = messages[0] if messages and messages[0].role == "system" else None
-    turns: list[list[Message]] = []
-    for m in messages[1 if system else 0:]:
-        if m.role == "user" or not turns:
-            turns.append([m])
-        else:
-            turns[-1].append(m)
-    return system, turns
 
 
 class Engine:
@@ -238,7 +221,7 @@ class Engine:
 
     def render_prompt(self, messages: Sequence[MessageLike], *, add_generation_prompt: bool = True) -> str:
         """The conversation as the model's chat template writes it (assistant reasoning left out)."""
-        msgs = [_as_message(m) for m in messages]
+        msgs = [as_message(m) for m in messages]
         return self._template.render([{"role": m.role, "content": m.content} for m in msgs],
                                      add_generation_prompt=add_generation_prompt)
 
@@ -249,25 +232,34 @@ class Engine:
             toks.insert(0, bos)
         return toks
 
+    def render_tokens(self, messages: Sequence[MessageLike]) -> PreparedPrompt:
+        """The whole conversation rendered and tokenized, nothing left out (its length is not checked)."""
+        text = self.render_prompt(messages)
+        return PreparedPrompt(text, tuple(self._prompt_tokens(text)), 0, prompt_opens_thinking(text))
+
+    def reply_room(self, max_tokens: int) -> int:
+        """The least room a prompt must leave for the reply: ``max_tokens``, but at most a quarter of the
+        context (so a small context still answers; the reply then stops where the context ends)."""
+        return max(0, min(max_tokens, self.n_ctx // 4))
+
     def prepare(self, messages: Sequence[MessageLike], *, max_tokens: int) -> PreparedPrompt:
-        """Render and tokenize, leaving out the oldest turns (after the system prompt) until prompt +
-        ``max_tokens`` fits in the context.  Raises ContextOverflowError when even the last user message does
-        not fit."""
-        msgs = [_as_message(m) for m in messages]
+        """Render and tokenize, leaving out the oldest turns (after the system prompt) until the prompt leaves
+        :meth:`reply_room` tokens of the context; the reply may then use all the context has left.  Raises
+        ContextOverflowError when even the last user message does not fit."""
+        msgs = [as_message(m) for m in messages]
         if not msgs or msgs[-1].role != "user":
             raise ValueError("the conversation must end with a user message")
-        system, turns = _turns(msgs)
-        budget = self.n_ctx - max_tokens
+        system, turns = split_turns(msgs)
+        room = self.reply_room(max_tokens)
         for dropped in range(len(turns)):
-            kept = ([system] if system else []) + [m for t in turns[dropped:] for m in t]
-            text = self.render_prompt(kept)
-            toks = self._prompt_tokens(text)
-            if len(toks) <= budget:
-                return PreparedPrompt(text, tuple(toks), dropped, prompt_opens_thinking(text))
+            prep = self.render_tokens(([system] if system else []) + [m for t in turns[dropped:] for m in t])
+            if len(prep.tokens) + room <= self.n_ctx:
+                return PreparedPrompt(prep.text, prep.tokens, dropped, prep.starts_in_reasoning)
+        what = "the last message and the system prompt take" if system else "the last message takes"
+        lower = ", lower the maximum reply length" if room < self.n_ctx // 4 else ""
         raise ContextOverflowError(
-            f"the last message{' and the system prompt' if system else ''} take {len(toks)} tokens and the "
-            f"reply may take up to {max_tokens}, but the context holds {self.n_ctx}: shorten the message, lower "
-            f"the maximum reply length, or load the model with a larger context")
+            f"{what} {len(prep.tokens)} tokens, which leaves less than {room} tokens for the reply in a context "
+            f"of {self.n_ctx}: shorten the message{lower}, or load the model with a larger context")
 
     # ---- generation -------------------------------------------------------------------------------------------
     def chat(self, messages: Sequence[MessageLike], *, settings: SamplingSettings = DEFAULT_SETTINGS,
@@ -291,30 +283,37 @@ class Engine:
                     on_text(seg)
             th = parser.finish()
             stats = run.stats(len(prep.tokens), th.reasoning_tokens, th.reasoning_seconds)
-            notice = None
+            notes = []
             if prep.dropped_turns:
-                notice = (f"The conversation is longer than the model's context ({self.n_ctx} tokens): the "
-                          f"oldest {prep.dropped_turns} turn{'s' if prep.dropped_turns > 1 else ''} "
-                          f"{'were' if prep.dropped_turns > 1 else 'was'} left out of this reply's context.")
+                notes.append(f"The conversation is longer than the model's context ({self.n_ctx} tokens): the "
+                             f"oldest {prep.dropped_turns} turn{'s' if prep.dropped_turns > 1 else ''} "
+                             f"{'were' if prep.dropped_turns > 1 else 'was'} left out of this reply's context.")
+            if run.context_full:
+                notes.append(f"The reply was cut where the context ({self.n_ctx} tokens) ends: start a new "
+                             f"conversation, or load the model with a larger context.")
             return Reply(text=run.text, reasoning=th.reasoning, answer=th.answer, finish_reason=run.finish,
                          stats=stats, unterminated=th.unterminated, skipped_reasoning=th.skipped_reasoning,
-                         dropped_turns=prep.dropped_turns, notice=notice, tokens=tuple(run.tokens))
+                         dropped_turns=prep.dropped_turns, notice=" ".join(notes) or None,
+                         context_full=run.context_full, tokens=tuple(run.tokens))
 
     def complete(self, prompt: str | Sequence[int], *, settings: SamplingSettings = DEFAULT_SETTINGS,
                  on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Reply:
         """Plain continuation of ``prompt`` (text, or tokens), no chat template and no reasoning split
-        (``answer == text``)."""
+        (``answer == text``).  Like :meth:`chat`, refused only when the prompt leaves less than
+        :meth:`reply_room`; the continuation stops where the context ends (``context_full``)."""
         with self._busy():
             t0 = time.perf_counter()
             toks = self._prompt_tokens(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-            if len(toks) + settings.max_tokens > self.n_ctx:
+            room = self.reply_room(settings.max_tokens)
+            if len(toks) + room > self.n_ctx:
                 raise ContextOverflowError(
-                    f"the prompt takes {len(toks)} tokens and the reply may take up to {settings.max_tokens}, but "
-                    f"the context holds {self.n_ctx}: shorten the prompt or lower the maximum reply length")
+                    f"the prompt takes {len(toks)} tokens, which leaves less than {room} tokens for the reply in a "
+                    f"context of {self.n_ctx}: shorten the prompt, or load the model with a larger context")
             show = on_text or (lambda _s: None)
             run = self._generate(toks, settings, lambda piece, _n: show(piece), cancel, t0)
             return Reply(text=run.text, reasoning="", answer=run.text, finish_reason=run.finish,
-                         stats=run.stats(len(toks), 0, 0.0), tokens=tuple(run.tokens))
+                         stats=run.stats(len(toks), 0, 0.0), context_full=run.context_full,
+                         tokens=tuple(run.tokens))
 
     def _busy(self) -> Any:
         engine = self
@@ -372,6 +371,7 @@ class Engine:
                     break
                 if len(run.tokens) >= budget:
                     run.finish = "length"
+                    run.context_full = budget < settings.max_tokens     # the context ended, not max_tokens
                     break
                 tok = next(gen)
         finally:
@@ -466,6 +466,7 @@ class _Run:
     t_last: float = 0.0
     yielded: int = 0
     finish: FinishReason = "length"
+    context_full: bool = False
     tokens: list[int] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
 

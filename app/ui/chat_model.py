@@ -23,6 +23,7 @@ class ChatMessage:
     unterminated: bool = False
     skipped_reasoning: bool = False
     notice: str = ""  # e.g. "2 oldest turns were left out to fit the context"
+    context_full: bool = False  # finish_reason "length" because the context ended (not max_tokens)
     stats: dict[str, Any] = field(default_factory=dict)  # ReplyStats as a dict
     model: str = ""
     # live bookkeeping while streaming (the final figures come from the reply's stats)

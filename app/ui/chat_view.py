@@ -355,7 +355,7 @@ class ChatView(QWidget):
         self.model.update(row, content=reply.answer, reasoning=reply.reasoning, streaming=False,
                           finish_reason=reply.finish_reason, unterminated=reply.unterminated,
                           skipped_reasoning=reply.skipped_reasoning and self._reasoning_model,
-                          notice=reply.notice or "",
+                          notice=reply.notice or "", context_full=reply.context_full,
                           stats=reply.stats.to_dict())
         self.reasoning.show_message(self.model.message(row))
         self._save(row)

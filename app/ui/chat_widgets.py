@@ -88,7 +88,7 @@ def stats_line(msg: ChatMessage) -> str:
     if msg.finish_reason == "cancelled":
         parts.append("stopped")
     elif msg.finish_reason == "length":
-        parts.append("cut at the token limit")
+        parts.append("cut: the context is full" if msg.context_full else "cut at the token limit")
     return " · ".join(parts)
 
 

@@ -29,7 +29,7 @@ class ConversationSummary:
 
 
 # Keys of a stored message's ``stats`` that are the view's bookkeeping rather than ReplyStats timings.
-_META = ("finish_reason", "unterminated", "skipped_reasoning", "notice", "model")
+_META = ("finish_reason", "unterminated", "skipped_reasoning", "notice", "context_full", "model")
 
 
 class HistoryStore:
@@ -51,7 +51,8 @@ class HistoryStore:
 
     def add(self, conversation: Any, m: ChatMessage) -> Any:
         stats = {**m.stats, "finish_reason": m.finish_reason, "unterminated": m.unterminated,
-                 "skipped_reasoning": m.skipped_reasoning, "notice": m.notice, "model": m.model}
+                 "skipped_reasoning": m.skipped_reasoning, "notice": m.notice, "context_full": m.context_full,
+                 "model": m.model}
         return self._h.add_message(conversation, {"role": m.role, "content": m.content, "reasoning": m.reasoning},
                                    stats=stats if m.role == "assistant" else None)
 
@@ -65,7 +66,8 @@ class HistoryStore:
                                    finish_reason=meta.get("finish_reason", ""),
                                    unterminated=bool(meta.get("unterminated")),
                                    skipped_reasoning=bool(meta.get("skipped_reasoning")),
-                                   notice=meta.get("notice", "") or "", history_id=r.position))
+                                   notice=meta.get("notice", "") or "",
+                                   context_full=bool(meta.get("context_full")), history_id=r.position))
         return out, str(conv.settings.get("system_prompt", "") or "")
 
     def delete_from(self, conversation: Any, message_id: Any) -> None:

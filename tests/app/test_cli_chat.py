@@ -94,6 +94,25 @@ def test_ctrl_c_stops_the_reply_not_the_program(model_path, tmp_path):
     assert msgs[1].stats["finish_reason"] == "cancelled" and msgs[1].stats["generated_tokens"] < 100
 
 
+def test_a_small_context_answers_and_says_when_the_context_cut_the_reply(model_path, capsys):
+    """--ctx 1024 with the default --max-tokens (2048): answered (it used to exit 2, "the reply may take up to
+    2048 ... the context holds 1024"); a reply that runs into the end of the context says so."""
+    rc = main(["chat", str(model_path), "--ctx", "1024", "--prompt", "hi", "--greedy", "--threads", "2",
+               "--no-history"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.strip() and "error" not in err
+    filler = "You are a patient assistant who lists numbers in full. " * 12
+    rc = main(["chat", str(model_path), "--ctx", "256", "--system", filler, "--prompt",
+               "Count from 1 to 500, separated by commas.", "--greedy", "--threads", "2", "--no-history"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.startswith("1, 2, 3")
+    assert "The reply was cut where the context (256 tokens) ends" in err and "token limit" not in err
+    rc = main(["chat", str(model_path), "--ctx", "1024", "--prompt", "Count from 1 to 500, separated by commas.",
+               "--greedy", "--max-tokens", "6", "--threads", "2", "--no-history"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "[reply cut at the token limit: raise --max-tokens" in err and "context" not in err
+
+
 def test_bad_model_file_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "x.gguf"
     bad.write_text("not a model")

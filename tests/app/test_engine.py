@@ -333,10 +333,57 @@ def test_overflow_drops_the_oldest_turns_and_says_so(model_path):
         assert r.dropped_turns == prep.dropped_turns and r.notice and "oldest" in r.notice
         assert r.stats.prompt_tokens == len(prep.tokens)
 
-        with pytest.raises(ContextOverflowError, match="larger context"):
+        with pytest.raises(ContextOverflowError, match="the last message takes .* larger context"):
             e.chat([Message("user", "word " * 400)], settings=SamplingSettings(max_tokens=16))
-        with pytest.raises(ContextOverflowError):
-            e.complete("Hello", settings=SamplingSettings(max_tokens=256))
+        with pytest.raises(ContextOverflowError, match="the last message and the system prompt take"):
+            e.chat([Message("system", "Be brief."), Message("user", "word " * 400)])
+        with pytest.raises(ContextOverflowError, match="the prompt takes .* larger context"):
+            e.complete("word " * 250, settings=SamplingSettings(max_tokens=16))
+
+
+# a system prompt that fills most of a 512-token context (kept whole: only turns after it are left out)
+FILLER = "You are a patient assistant who answers every question with care and lists numbers in full. " * 18
+COUNT = "Count from 1 to 500, separated by commas."
+
+
+def test_a_small_context_answers_with_default_settings_and_the_reply_stops_where_the_context_ends(model_path):
+    """The default max_tokens (2048) is more than a 512-token context: the reply gets what the context leaves
+    (it used to be refused, 2048 tokens being reserved for it).  Turns are left out only when the prompt leaves
+    less than min(max_tokens, n_ctx // 4) = 128 tokens."""
+    d = SamplingSettings()
+    assert d.max_tokens > 512
+    with Engine(model_path, n_ctx=512, n_threads=2, seed=3) as e:
+        assert e.reply_room(d.max_tokens) == 128 and e.reply_room(16) == 16
+        r = e.chat([Message("user", "Hi! How are you?")])                       # default settings, sampled
+        assert r.tokens and r.stats.prompt_tokens + r.stats.generated_tokens <= 512
+        msgs = [Message("system", FILLER), Message("user", COUNT)]
+        prep = e.prepare(msgs, max_tokens=d.max_tokens)
+        assert prep.dropped_turns == 0 and 300 < len(prep.tokens) <= 512 - 128
+        greedy = SamplingSettings(greedy=True)
+        r = e.chat(msgs, settings=greedy)
+        assert r.finish_reason == "length" and r.context_full
+        assert len(prep.tokens) + len(r.tokens) == 512 and r.stats.prompt_tokens == len(prep.tokens)
+        assert r.notice == ("The reply was cut where the context (512 tokens) ends: start a new conversation, or "
+                            "load the model with a larger context.")
+        r5 = e.chat(msgs, settings=SamplingSettings(greedy=True, max_tokens=5))  # max_tokens cut it, not the context
+        assert r5.finish_reason == "length" and not r5.context_full and r5.notice is None and len(r5.tokens) == 5
+        assert r.text.startswith(r5.text)
+        c = e.complete(list(prep.tokens), settings=greedy)                     # plain continuation: the same rule
+        assert c.finish_reason == "length" and c.context_full and len(prep.tokens) + len(c.tokens) == 512
+        # a conversation: the oldest turns go until the prompt leaves 128 tokens, and the reply says both things
+        long = [Message("system", "You count.")]
+        for i in range(8):
+            long += [Message("user", f"Question {i}: " + "tell me about the sea " * 6),
+                     Message("assistant", f"Answer {i}: " + "the sea is large " * 6)]
+        long.append(Message("user", COUNT))
+        prep = e.prepare(long, max_tokens=d.max_tokens)
+        assert prep.dropped_turns >= 1 and len(prep.tokens) <= 512 - 128
+        kept_more = [long[0]] + long[1 + 2 * (prep.dropped_turns - 1):]
+        assert len(e.render_tokens(kept_more).tokens) > 512 - 128              # one turn fewer would not fit
+        r = e.chat(long, settings=greedy)
+        assert r.dropped_turns == prep.dropped_turns and r.stats.prompt_tokens == len(prep.tokens)
+        assert f"the oldest {prep.dropped_turns} turns were left out" in r.notice
+        assert ("context (512 tokens) ends" in r.notice) == r.context_full
 
 
 @pytest.mark.parametrize("asked", [1, 64])
