@@ -302,12 +302,12 @@ def compare(reference: str | Path, candidate: str | Path, prompt: str, *, max_to
     ref_info, cand_info = read_header(reference), read_header(candidate)
     warnings = check_comparable(ref_info, cand_info)
     with Engine(reference, n_ctx=n_ctx, n_threads=threads) as ref_eng:
-        prep = ref_eng.prepare([Message("user", prompt)], max_tokens=0)
+        prep = ref_eng.render_tokens([Message("user", prompt)])
         prompt_tokens = list(prep.tokens)
-        if len(prompt_tokens) >= ref_eng.n_ctx:
+        if len(prompt_tokens) >= ref_eng.n_ctx:          # not even one answer token would fit
             raise ContextOverflowError(
-                f"the prompt is {len(prompt_tokens)} tokens and the context only {ref_eng.n_ctx}: use a larger "
-                "context (--ctx) or a shorter prompt")
+                f"the prompt takes {len(prompt_tokens)} tokens but the context holds {ref_eng.n_ctx}: shorten the "
+                f"prompt or raise the context size (--ctx)")
         ref_n_ctx = ref_eng.n_ctx
         budget = min(max_tokens, ref_n_ctx - len(prompt_tokens))
         ref_reply = _greedy(ref_eng, prompt_tokens, budget, "reference", on_reference_text, progress, cancel)

@@ -5,6 +5,7 @@ llama-cpp-python (``Llama(logits_all=True).eval``), written out here from the de
 """
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 
@@ -177,8 +178,10 @@ def test_different_vocabularies_are_refused(ggufs, tmp_path):
 
 
 def test_prompt_longer_than_context_is_refused(ggufs):
-    with pytest.raises(ContextOverflowError, match="context"):
+    with pytest.raises(ContextOverflowError) as e:
         compare(ggufs["F16"], ggufs["Q8_0"], "Tell me about bread. " * 80, max_tokens=4, n_ctx=N_CTX)
+    assert re.fullmatch(r"the prompt takes \d{3} tokens but the context holds 256: shorten the prompt or raise the "
+                        r"context size \(--ctx\)", str(e.value)), str(e.value)
 
 
 def test_non_gguf_and_truncated_files_are_refused(ggufs, tmp_path):
