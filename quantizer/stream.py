@@ -7,7 +7,8 @@ blocks cut on head boundaries), widened to float32 with the rounding llama.cpp's
 worker, so blocks finish in any order.  Workers are forked processes where fork is available (see
 :mod:`quantizer.forkpool` for why not threads), threads elsewhere, and the calling thread itself when
 ``threads == 1``.  Memory: a block or two per worker plus a constant, whatever the model (the source pages of a
-finished block are dropped from the memory map too).
+finished block are dropped from the memory map too).  Forked workers are started before the header is written
+and quantize the first blocks meanwhile (:class:`TensorStream`).
 
 The calling thread hands out blocks, counts what was written, reports progress after each tensor (in file order)
 and watches ``cancel``; on any error, cancel or Ctrl-C it stops the workers before re-raising.
@@ -37,6 +38,7 @@ _BLOCK_VALUES = 1 << 20  # values per block: 4 MiB of float32, long enough for n
 _DEPTH = 2  # tasks queued per worker: the next block is there when one finishes
 _POLL_S = 0.2  # how often cancel is looked at while no block finishes
 _AHEAD_BYTES = 32 << 20  # quantized output forked workers may hold while the header is being written
+_AHEAD_BLOCKS = 256
 
 
 @dataclass(frozen=True)
@@ -99,19 +101,23 @@ class TensorStream:
         ctx = _Ctx(w, ckpt, self.jobs)
         self.todo = iter(blocks)
         self.pending = 0
-        if n == 1 or len(blocks) == 1:
+        if n == 1 or len(blocks) <= 1:
             self.pool: Any = _InlinePool(partial(_do_block, ctx))
         elif fork_available():
             n = min(n, len(blocks))
             self.pool = ForkPool(n, partial(_encode_block, ctx), partial(_write_block, ctx))
-            self._hand_out_ahead(n)
+            try:
+                self._hand_out_ahead(n)
+            except BaseException:
+                self.pool.kill()
+                raise
         else:
             self.pool = _ThreadPool(min(n, len(blocks)), partial(_do_block, ctx))
 
     def _hand_out_ahead(self, workers: int) -> None:
         """The first blocks, to all workers but one: the caller, busy with the header meanwhile, keeps a core."""
         ahead = 0
-        while ahead < _AHEAD_BYTES:
+        while ahead < _AHEAD_BYTES and self.pending < _AHEAD_BLOCKS:  # (a few KiB of task messages at most)
             block = next(self.todo, None)
             if block is None:
                 return
@@ -138,6 +144,7 @@ class TensorStream:
                 self.tracker.block_done(index)
             _check_cancel(self.cancel)
         self.pool.close()
+        self.tracker.block_done(None)  # tensors without any rows, if the last ones are such
 
     def __enter__(self) -> TensorStream:
         return self
@@ -158,8 +165,9 @@ class _Tracker:
         self.done = 0
         self.total = sum(j.src_bytes for j in jobs)
 
-    def block_done(self, index: int) -> None:
-        self.left[index] -= 1
+    def block_done(self, index: int | None) -> None:
+        if index is not None:
+            self.left[index] -= 1
         while self.next < len(self.jobs) and self.left[self.next] == 0:
             j = self.jobs[self.next]
             self.next += 1
@@ -243,8 +251,8 @@ class _ThreadPool:
 
 
 def _threads(threads: int | None) -> int:
-    if threads is None:
-        return os.cpu_count() or 1
+    if threads is None:  # the cores this process may run on
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if threads < 1:
         raise ValueError(f"threads must be >= 1 (got {threads})")
     return int(threads)
@@ -258,7 +266,7 @@ def _job(index: int, t: archmod.PlannedTensor, qtype: QT, ckpt: Checkpoint, arch
 
     n = t.shape[-1]
     rows = int(np.prod(t.shape[:-1], dtype=np.int64)) if len(t.shape) > 1 else 1
-    step = max(1, _BLOCK_VALUES // n)
+    step = max(1, _BLOCK_VALUES // max(n, 1))
     if t.permute_heads:  # blocks of whole heads: the permutation moves rows only within a head
         head_rows = rows // t.permute_heads
         step = -(-step // head_rows) * head_rows if len(t.shape) == 2 else rows

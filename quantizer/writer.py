@@ -33,6 +33,18 @@ _PACK_LEN = struct.Struct("<Q").pack
 _MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
 
 
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    """``os.pwrite``, or seek-and-write under a lock where there is none (Windows)."""
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    with _SEEK_LOCK:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, data)
+
+
+_SEEK_LOCK = threading.Lock()
+
+
 def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """Linux: start writing these bytes to disk now (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which neither
     waits nor drops them from the cache), so that the fsync before the rename has almost nothing left to do
@@ -197,7 +209,7 @@ class StreamingGGUFWriter:
         start = pos
         try:
             while buf:
-                n = os.pwrite(self._fd, buf[:_MAX_WRITE], pos)
+                n = _pwrite(self._fd, buf[:_MAX_WRITE], pos)
                 buf, pos = buf[n:], pos + n
         except OSError as e:
             raise OutputError(f"writing {self._tmp} failed ({e.strerror or e}); check the free disk space") from None
