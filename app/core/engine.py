@@ -61,7 +61,7 @@ from .llama_runtime import (
     context_size,
     gpu_backend,
     install_llama_log_handler,
-    recent_problems,
+    load_failure_reason,
     total_memory,
 )
 from .thinking import ThinkingParser, prompt_opens_thinking
@@ -164,11 +164,12 @@ class Engine:
                                    n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, vocab_only=vocab_only,
                                    seed=seed, verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
-            why = "; ".join(recent_problems()) or str(e)
+            why = load_failure_reason(str(e).rstrip("."))
             arch = self._header.architecture
+            about = "" if arch in why else f" (architecture {arch!r})"
             raise ModelLoadError(
-                f"llama.cpp could not load {self._path.name} (architecture {arch!r}): {why}. If the "
-                f"architecture is new, update DistillDesk; otherwise download or convert the model again") from None
+                f"llama.cpp could not load {self._path.name}{about}: {why}; if the architecture is new, update "
+                f"DistillDesk, otherwise download or convert the model again") from None
 
     def _make_info(self) -> ModelInfo:
         import llama_cpp

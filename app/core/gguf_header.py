@@ -190,6 +190,10 @@ def clear_cache() -> None:
 
 
 def _read(path: Path, size: int) -> GGUFHeader:
+    """Every failure is one ModelLoadError whose message names the file, says what is wrong and what to do."""
+    again = "probably an interrupted download or copy: download or convert it again"
+    if size == 0:
+        raise ModelLoadError(f"{path.name} is empty (0 bytes), {again}")
     with open(path, "rb") as f:
         head = f.read(4)
         if head != GGUF_MAGIC:
@@ -198,14 +202,18 @@ def _read(path: Path, size: int) -> GGUFHeader:
             raise ModelLoadError(f"{path.name} is not a GGUF file{hint}: choose a .gguf model, or make one with "
                                  f"`distilldesk quantize`")
         if size < 24:
-            raise ModelLoadError(f"{path.name} is truncated ({size} bytes): download or convert it again")
+            raise ModelLoadError(f"{path.name} is truncated: it ends after {size} bytes, inside its header, {again}")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             try:
                 return _parse(path, mm, size)
-            except (EOFError, ValueError, struct.error, OverflowError) as e:
-                raise ModelLoadError(
-                    f"{path.name} is truncated or corrupt (its header cannot be read: {e or 'unexpected end'}): "
-                    f"download or convert it again") from None
+            except ModelLoadError:            # already says what is wrong (a ValueError too: not caught below)
+                raise
+            except EOFError:
+                raise ModelLoadError(f"{path.name} is truncated or corrupt: its header runs past the end of the "
+                                     f"file ({size:,} bytes), {again}") from None
+            except (ValueError, struct.error, OverflowError) as e:
+                raise ModelLoadError(f"{path.name} is corrupt: its header cannot be read ({e}); download or "
+                                     f"convert it again") from None
 
 
 def _metadata(c: _Cursor, n_kv: int) -> tuple[dict[str, Any], dict[str, int], str]:
@@ -266,7 +274,7 @@ def _parse(path: Path, mm: Any, size: int) -> GGUFHeader:
     data_end = data_offset + extent if n_tensors else c.pos
     if data_end > size:
         raise ModelLoadError(f"{path.name} is truncated: its tensors need {data_end:,} bytes but the file has "
-                             f"{size:,} (an interrupted download or copy?): download or convert it again")
+                             f"{size:,}, probably an interrupted download or copy: download or convert it again")
     return GGUFHeader(path=path, version=version, metadata=meta, metadata_array_lengths=arrays,
                       n_tensors=n_tensors, n_params=n_params, data_offset=data_offset, data_end=data_end,
                       file_size=size, data_bytes=data_bytes, vocab_sha256=vocab_sha, tensor_types=types)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import threading
 from collections import deque
 from typing import Any
@@ -121,6 +122,18 @@ def total_memory() -> int | None:
 def recent_problems() -> list[str]:
     """The last warning/error lines llama.cpp logged."""
     return list(_recent_problems)
+
+
+def load_failure_reason(fallback: str) -> str:
+    """Why llama.cpp failed to load a model, in its own words without its function-name prefixes and generic
+    "failed to load model" lines (``llama_model_load: error loading model: unknown model architecture: 'x'`` ->
+    ``unknown model architecture: 'x'``); ``fallback`` when it said nothing more specific."""
+    reasons: list[str] = []
+    for line in _recent_problems:
+        text = re.sub(r"^(\w+: )+", "", line).removeprefix("error loading model: ").strip()
+        if text and "failed to load model" not in text.lower() and text not in reasons:
+            reasons.append(text)
+    return "; ".join(reasons) or fallback
 
 
 def clear_recent_problems() -> None:
