@@ -4,8 +4,8 @@
   complete, in WAL mode with ``synchronous=FULL``: a crash or kill mid-answer loses nothing that was complete.
 * A database file that is not SQLite, or fails SQLite's ``quick_check``, is never overwritten: it is renamed to
   ``history.sqlite3.corrupt-<timestamp>`` (with its ``-wal``/``-shm`` files), a fresh one is started, and
-  :attr:`History.notice` says where the old one went (or, with ``recover=False``, CorruptHistoryError is
-  raised and nothing is touched).
+  :attr:`History.notice` says where the old one went, for the caller to show (or, with ``recover=False``,
+  CorruptHistoryError is raised and nothing is touched).
 * Conversations can be listed, renamed, deleted, and cut after message N (edit-and-resend).
 
 One :class:`History` may be shared by threads (a lock serialises access to its one connection).
@@ -113,7 +113,7 @@ class History:
             self.set_aside = self._set_aside()
             self.notice = (f"The chat history was damaged ({e}) and has been set aside as {self.set_aside.name}; "
                            f"a new, empty history was started.")
-            log.warning("%s", self.notice)
+            log.info("%s", self.notice)    # the notice is for the caller to show (once): not a second warning
             self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:

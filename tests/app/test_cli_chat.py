@@ -113,6 +113,24 @@ def test_a_small_context_answers_and_says_when_the_context_cut_the_reply(model_p
     assert rc == 0 and "[reply cut at the token limit: raise --max-tokens" in err and "context" not in err
 
 
+def test_a_damaged_history_is_set_aside_and_said_once(model_path, tmp_path):
+    """In a real process (logging configured by the CLI, not pytest): the notice used to come twice, once as a
+    logged warning and once as the CLI's note."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "history.sqlite3").write_bytes(b"this is not an SQLite database\n" * 4)
+    env = {**os.environ, "DISTILLDESK_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "chat", str(model_path), "--prompt", "Hi", "--greedy",
+                           "--max-tokens", "3", "--ctx", "256", "--threads", "2"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("set aside") == 1 and proc.stderr.startswith("note: The chat history was damaged")
+    [aside] = data.glob("history.sqlite3.corrupt-*")
+    assert aside.read_bytes().startswith(b"this is not an SQLite database")
+    with History(data / "history.sqlite3") as h:
+        assert len(h.conversations()) == 1                          # the new history holds this chat
+
+
 def test_bad_model_file_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "x.gguf"
     bad.write_text("not a model")
