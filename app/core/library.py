@@ -7,14 +7,21 @@
 * GGUFs: ``<data dir>/models/<model>/<model>-<TYPE>.gguf`` (where ``distilldesk quantize`` writes) and any extra
   folders/files the user added.  Type, size and bits per weight come from the GGUF header (no tensor data read,
   cached while the file is unchanged); an unreadable file is listed with its ``error`` instead of breaking the listing.
-* :func:`scan` groups them by model name (case-insensitive); each group's ``reference()`` is the most precise
-  variant present (F32, F16, BF16, then Q8_0): the one comparisons measure the others against.
+* A GGUF's model name: the folder it sits in under the models folder (where quantize puts it, named after the
+  checkpoint; a user can regroup a file by moving it), else the name stored in the GGUF (``general.name``:
+  our quantizer writes the checkpoint's name there), else its file name without the type suffix.  A file name
+  alone says little: ``m-Q2_K.gguf`` is not a model called "m".
+* :func:`scan` groups checkpoints and GGUFs by model name, matched by :func:`group_key` (case, spaces, hyphens
+  and underscores ignored: "DeepSeek R1 Distill Qwen 7B" is "DeepSeek-R1-Distill-Qwen-7B"); each group's
+  ``reference()`` is the most precise variant present (F32, F16, BF16, then Q8_0): the one comparisons measure
+  the others against.  The GUI's Library and ``distilldesk models`` both list :func:`scan`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,14 +97,29 @@ def model_from_filename(p: Path) -> str:
     return (p.stem[: -len(t) - 1] if t != "?" else p.stem) or p.stem
 
 
-def read_gguf_entry(path: Path, model: str) -> GgufEntry:
+def group_key(name: str) -> str:
+    """How model names are matched: case-insensitive, runs of spaces, hyphens and underscores alike."""
+    return re.sub(r"[\s_-]+", "-", name.strip()).lower()
+
+
+def _folder_under_models(path: Path) -> str:
+    """The first folder below the models folder that holds ``path`` ("" for a file directly in it or elsewhere)."""
+    root = paths.models_dir()
+    rel = path.relative_to(root).parts if path.is_relative_to(root) else ()
+    return rel[0] if len(rel) > 1 else ""
+
+
+def read_gguf_entry(path: Path, model: str | None = None) -> GgufEntry:
     """One GGUF as the library lists it, from its header (:func:`app.core.gguf_header.read_header`, cached by
-    path, size and mtime: rescanning unchanged files costs a ``stat`` each)."""
+    path, size and mtime: rescanning unchanged files costs a ``stat`` each).  ``model``: the group it belongs
+    to; by default the name the module docstring describes."""
     try:
         h = read_header(path)
     except (DistillDeskError, OSError, ValueError) as e:  # a broken file is listed, marked, never fatal
         size = path.stat().st_size if path.exists() else 0
+        model = model or _folder_under_models(path) or model_from_filename(path)
         return GgufEntry(path, model, type_from_filename(path), size, error=str(e))
+    model = model or _folder_under_models(path) or h.name.strip() or model_from_filename(path)
     return GgufEntry(path, model, file_type_name(h.file_type, type_from_filename(path)), h.size_bytes,
                      h.n_params, h.bits_per_weight)
 
@@ -110,19 +132,14 @@ def output_path(model: str, recipe: str) -> Path:
 
 
 def list_ggufs(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = ()) -> list[GgufEntry]:
-    found: dict[Path, str] = {}
-    root = paths.models_dir()
-    for p in sorted(root.rglob("*.gguf")):
-        rel = p.relative_to(root)
-        found[p] = rel.parts[0] if len(rel.parts) > 1 else model_from_filename(p)
+    found: dict[Path, None] = dict.fromkeys(sorted(paths.models_dir().rglob("*.gguf")))
     for d in extra_dirs:
-        for p in sorted(Path(d).expanduser().glob("*.gguf")):
-            found.setdefault(p, model_from_filename(p))
+        found.update(dict.fromkeys(sorted(Path(d).expanduser().glob("*.gguf"))))
     for f in extra_files:
         p = Path(f).expanduser()
         if p.is_file():
-            found.setdefault(p, model_from_filename(p))
-    return [read_gguf_entry(p, m) for p, m in found.items()]
+            found[p] = None
+    return [read_gguf_entry(p) for p in found]
 
 
 def delete_gguf(path: str | Path) -> None:
@@ -232,15 +249,16 @@ def delete_checkpoint(repo_id: str, commit: str | None = None) -> int:
 
 # ---- grouping -------------------------------------------------------------------------------------------------
 def scan(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = ()) -> list[ModelGroup]:
-    """Every model group: checkpoints and GGUFs matched by model name (case-insensitive), sorted by name;
-    within a group the reference variant comes first, then larger files first."""
+    """Every model group: checkpoints and GGUFs matched by model name (:func:`group_key`), sorted by name;
+    within a group the reference variant comes first, then larger files first.  A group is named after its
+    checkpoint, else its first GGUF."""
     groups: dict[str, ModelGroup] = {}
     for ck in list_checkpoints():
-        g = groups.setdefault(ck.name.lower(), ModelGroup(ck.name))
+        g = groups.setdefault(group_key(ck.name), ModelGroup(ck.name))
         if g.checkpoint is None or (not g.checkpoint.complete and ck.complete):
             g.checkpoint = ck
     for e in list_ggufs(extra_dirs, extra_files):
-        g = groups.setdefault(e.model.lower(), ModelGroup(e.model))
+        g = groups.setdefault(group_key(e.model), ModelGroup(e.model))
         g.ggufs.append(e if e.model == g.name else GgufEntry(e.path, g.name, e.file_type, e.size_bytes,
                                                              e.n_params, e.bpw, e.error))
     order = {t: i for i, t in enumerate(REFERENCE_ORDER)}

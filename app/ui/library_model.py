@@ -9,6 +9,7 @@ from app.core.library import (  # noqa: F401 - re-exported for the views
     GgufEntry,
     ModelGroup,
     delete_gguf,
+    group_key,
     output_path,
     read_gguf_entry,
     scan,

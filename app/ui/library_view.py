@@ -139,7 +139,7 @@ class LibraryView(QWidget):
         return list(self._groups)
 
     def group(self, name: str) -> lm.ModelGroup | None:
-        return next((g for g in self._groups if g.name.lower() == name.lower()), None)
+        return next((g for g in self._groups if lm.group_key(g.name) == lm.group_key(name)), None)
 
     def set_quality(self, quality: dict[Path, tuple[float, float]]) -> None:
         """Measured (mean KL, top-1) per GGUF, from the eval ladder."""
@@ -273,7 +273,7 @@ class LibraryView(QWidget):
     def select_group(self, name: str) -> bool:
         for r in range(self.model.rowCount()):
             it = self.model.item(r, 0)
-            if it.text().lower() == name.lower():
+            if lm.group_key(it.text()) == lm.group_key(name):
                 self.tree.setCurrentIndex(it.index())
                 return True
         return False

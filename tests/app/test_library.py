@@ -13,6 +13,7 @@ from app.cli import main
 from app.core import hub as hubmod
 from app.core import library, paths
 from app.core.errors import DownloadCancelled, RepoNotFoundError
+from app.core.gguf_header import read_header
 
 from . import hub_server
 from .hub_server import SHARDS, SMALL_REPO
@@ -64,14 +65,62 @@ def test_ggufs_are_read_from_their_headers_and_the_reference_is_chosen(no_demo, 
     assert g.reference().path == q8 and g.quantized() == []  # Q8_0 stands in for the reference
 
 
-def test_extra_folders_and_files_are_grouped_by_file_name(no_demo, smollm2_gguf, tmp_path):
+def tiny_gguf(path: Path, name: str | None, ftype: int = 1) -> Path:
+    """A small real GGUF (two F16 tensors) whose general.name is ``name`` (none when ``None``)."""
+    import gguf
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "llama")
+    if name is not None:
+        w.add_name(name)
+    w.add_file_type(ftype)
+    w.add_tensor("a.weight", np.zeros((4, 64), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_loose_ggufs_are_grouped_by_the_name_stored_in_them_not_their_file_names(no_demo, smollm2_gguf, tmp_path,
+                                                                                capsys):
+    """Files outside a model folder (extra folders/files, the models folder's top level) group by general.name:
+    m-Q2_K.gguf is not a model called "m", and differently named files of one model belong together."""
+    fixture_name = read_header(smollm2_gguf("Q8_0")).name           # the checkpoint folder's name
     d = tmp_path / "elsewhere"
     d.mkdir()
     os.symlink(smollm2_gguf("Q4_K_M"), d / "tiny-llama.Q4_K_M.gguf")
     os.symlink(smollm2_gguf("Q8_0"), tmp_path / "tiny-llama-Q8_0.gguf")
+    os.symlink(smollm2_gguf("Q2_K"), paths.models_dir() / "m-Q2_K.gguf")
     [g] = library.scan(extra_dirs=[d], extra_files=[tmp_path / "tiny-llama-Q8_0.gguf", tmp_path / "missing.gguf"])
-    assert g.name == "tiny-llama" and {e.file_type for e in g.ggufs} == {"Q4_K_M", "Q8_0"}
-    assert g.reference().file_type == "Q8_0"
+    assert g.name == fixture_name and [e.file_type for e in g.ggufs] == ["Q8_0", "Q4_K_M", "Q2_K"]
+    assert g.reference().file_type == "Q8_0" and {e.model for e in g.ggufs} == {fixture_name}
+    # no general.name: the model folder, else the file name without its type; unreadable: the same
+    tiny_gguf(paths.models_dir() / "Folder" / "whatever-F16.gguf", None)
+    tiny_gguf(paths.models_dir() / "nameless-Q8_0.gguf", None, ftype=7)
+    (paths.models_dir() / "broken-Q4_0.gguf").write_bytes(b"GGUF")
+    by = {g.name: g for g in library.scan()}
+    assert set(by) == {fixture_name, "Folder", "nameless", "broken"}
+    assert [e.path.name for e in by[fixture_name].ggufs] == ["m-Q2_K.gguf"]
+    assert not by["broken"].ggufs[0].ok and by["nameless"].ggufs[0].file_type == "Q8_0"
+    assert main(["models", "--json"]) == 0                              # the CLI lists the same groups
+    listed = {g["name"]: [e["path"] for e in g["ggufs"]] for g in json.loads(capsys.readouterr().out)}
+    assert listed == {n: [str(e.path) for e in g.ggufs] for n, g in by.items()}
+
+
+def test_a_model_folder_wins_over_the_stored_name_and_names_match_like_the_hub_spells_them(no_demo, small_repo,
+                                                                                            tmp_path):
+    hubmod.download(SMALL_REPO)                                         # checkpoint "SmolLM2-mini"
+    made_here = tiny_gguf(library.output_path(NAME, "F16"), "something else")   # moved into the folder by hand
+    third_party = tiny_gguf(tmp_path / "downloads" / "smollm2_mini.Q8_0.gguf", "SmolLM2 Mini", ftype=7)
+    other = tiny_gguf(tmp_path / "downloads" / "SmolLM2-mini-Q4_0.gguf", "Another Model", ftype=2)
+    groups = library.scan(extra_files=[third_party, other])
+    assert [g.name for g in groups] == ["Another Model", NAME]
+    g = groups[1]
+    assert g.checkpoint.repo_id == SMALL_REPO and [e.path for e in g.ggufs] == [made_here, third_party]
+    assert {e.model for e in g.ggufs} == {NAME} and g.reference().path == made_here
+    assert library.group_key("DeepSeek R1 Distill Qwen 7B") == library.group_key("deepseek-r1_distill  qwen-7b")
 
 
 def test_downloaded_checkpoints_are_listed_from_the_hf_cache_with_their_ggufs(no_demo, small_repo, small_files,
