@@ -242,6 +242,7 @@ class StreamingGGUFWriter:
             os.fsync(self._fd)
             self._close_fd()
             self._gw.close()
+            os.chmod(self._tmp, _new_file_mode())  # mkstemp made it 0600; a model file is as readable as any other
             os.replace(self._tmp, self.out)
         except OSError as e:
             raise OutputError(f"finishing {self.out} failed ({e.strerror or e}); check the disk") from None
@@ -270,3 +271,10 @@ class StreamingGGUFWriter:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._tmp is not None:
             self.abort()
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

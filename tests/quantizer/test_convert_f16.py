@@ -99,3 +99,18 @@ def test_q8_0_completes_paris_in_llama_cpp(smollm2_gguf):
     llm = Llama(model_path=str(smollm2_gguf("Q8_0")), n_ctx=128, n_threads=2, verbose=False, seed=0)
     text = llm("The capital of France is", max_tokens=6, temperature=0.0, top_k=1)["choices"][0]["text"]
     assert "Paris" in text
+
+
+def test_output_file_gets_the_usual_permissions(tmp_path, smollm2_checkpoint):
+    """The temporary file is private (mkstemp: 0600); the finished GGUF has the mode any new file would get."""
+    import os
+
+    import quantizer
+
+    out = tmp_path / "perm.gguf"
+    old = os.umask(0o022)
+    try:
+        quantizer.convert(smollm2_checkpoint, out, "Q8_0")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
