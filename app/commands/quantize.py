@@ -44,12 +44,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import quantizer
+    from app.core.checkpoint_plan import plan_checkpoint
     from quantizer.recipes import recipe_info
 
     recipe_info(args.type)  # an unknown recipe fails before any default folder is created
     if args.threads is not None and args.threads < 1:
         print("distilldesk: error: --threads must be at least 1", file=sys.stderr)
         return 2
+    # what will be made, before any work (a checkpoint that cannot be converted fails here, nothing created)
+    print(plan_checkpoint(args.src, args.type, has_imatrix=args.imatrix is not None).summary(), file=sys.stderr,
+          flush=True)
     out = args.out
     if out is None:  # our models folder: created now, as the GGUF is written (a given --out must exist)
         out = default_output(args.src, args.type)
@@ -66,3 +70,4 @@ def run(args: argparse.Namespace) -> int:
                                 progress=progress, pre_tokenizer=args.pre_tokenizer)
     print(f"{res.path}  {format_size(res.n_bytes)}  {res.bits_per_weight:.2f} bpw  {res.seconds:.1f} s")
     return 0
+

@@ -45,7 +45,10 @@ def _expect(capsys, tmp_path, src, exc: type, *words: str, out: Path | None = No
     before = {p.name for p in out_dir.iterdir()}
     code, err = _run(capsys, src, out, *extra)
     assert code == 2, err
-    assert err.startswith("distilldesk: error: ") and err.count("\n") == 1  # one line, no traceback
+    *plan, last = err.splitlines()  # the error: one line, the last, no traceback; before it at most the plan
+    assert last.startswith("distilldesk: error: ") and err.endswith("\n")
+    assert len(plan) <= 1 and all(" -> F16: predicted " in line for line in plan), err
+    err = last
     for w in words:
         assert w in err, (w, err)
     assert _nothing_left(out_dir, before)
