@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     import quantizer
     from app.core.checkpoint_plan import plan_checkpoint
+    from app.core.library import make_folders, remove_empty_folders
     from quantizer.recipes import recipe_info
 
     recipe_info(args.type)  # an unknown recipe fails before any default folder is created
@@ -54,20 +55,24 @@ def run(args: argparse.Namespace) -> int:
     # what will be made, before any work (a checkpoint that cannot be converted fails here, nothing created)
     print(plan_checkpoint(args.src, args.type, has_imatrix=args.imatrix is not None).summary(), file=sys.stderr,
           flush=True)
-    out = args.out
+    out, made = args.out, []
     if out is None:  # our models folder: created now, as the GGUF is written (a given --out must exist)
         out = default_output(args.src, args.type)
-        out.parent.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=0, unit="B", unit_scale=True, desc=f"quantize {args.type}", file=sys.stderr,
-              disable=None) as bar:
+        made = make_folders(out.parent)
+    try:
+        with tqdm(total=0, unit="B", unit_scale=True, desc=f"quantize {args.type}", file=sys.stderr,
+                  disable=None) as bar:
 
-        def progress(p: quantizer.ConvertProgress) -> None:
-            bar.total = p.bytes_total
-            bar.set_postfix_str(p.tensor, refresh=False)
-            bar.update(p.bytes_done - bar.n)
+            def progress(p: quantizer.ConvertProgress) -> None:
+                bar.total = p.bytes_total
+                bar.set_postfix_str(p.tensor, refresh=False)
+                bar.update(p.bytes_done - bar.n)
 
-        res = quantizer.convert(args.src, out, args.type, threads=args.threads, imatrix=args.imatrix,
-                                progress=progress, pre_tokenizer=args.pre_tokenizer)
+            res = quantizer.convert(args.src, out, args.type, threads=args.threads, imatrix=args.imatrix,
+                                    progress=progress, pre_tokenizer=args.pre_tokenizer)
+    except BaseException:
+        remove_empty_folders(made)  # a failed or interrupted conversion leaves no empty models/<name>/ behind
+        raise
     print(f"{res.path}  {format_size(res.n_bytes)}  {res.bits_per_weight:.2f} bpw  {res.seconds:.1f} s")
     return 0
 

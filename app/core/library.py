@@ -131,6 +131,24 @@ def output_path(model: str, recipe: str) -> Path:
     return paths.models_dir() / model / f"{model}-{recipe.upper()}.gguf"
 
 
+def make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder`` for a GGUF about to be written; returns the folders it created, outermost first, for
+    :func:`remove_empty_folders` when the job fails or is cancelled."""
+    created = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Undo :func:`make_folders` after a failed job: its folders go, innermost first, while they are empty (a
+    file another job put there keeps its folder)."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            break
+
+
 def list_ggufs(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = ()) -> list[GgufEntry]:
     found: dict[Path, None] = dict.fromkeys(sorted(paths.models_dir().rglob("*.gguf")))
     for d in extra_dirs:

@@ -10,7 +10,9 @@ from app.core.library import (  # noqa: F401 - re-exported for the views
     ModelGroup,
     delete_gguf,
     group_key,
+    make_folders,
     output_path,
     read_gguf_entry,
+    remove_empty_folders,
     scan,
 )

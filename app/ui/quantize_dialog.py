@@ -30,7 +30,7 @@ from app.core.units import format_size
 
 from .errors import show_error
 from .job_views import StopJobsOnClose
-from .library_model import ModelGroup, output_path
+from .library_model import ModelGroup, make_folders, output_path, remove_empty_folders
 from .process_job import run_in_process
 from .quantize_plan import CheckpointFacts, checkpoint_facts
 from .workers import Job, ThreadRegistry
@@ -74,6 +74,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         self._settings = settings_getter
         self._job: Job | None = None
         self.output: Path | None = None
+        self._made: list[Path] = []  # folders start() created for the output (removed again if it fails)
         self.result: Any = None
         self.facts: CheckpointFacts | None = None
         self.error: BaseException | None = None
@@ -239,7 +240,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         if recipe is None or self._job is not None or self.group.checkpoint is None:
             return
         out = output_path(self.group.name, recipe)
-        out.parent.mkdir(parents=True, exist_ok=True)  # created only now that the GGUF is really written
+        self._made = make_folders(out.parent)  # created only now that the GGUF is really written
         self.output = out
         kwargs: dict[str, Any] = {"threads": self.threads.value()}
         if self.imatrix.text().strip():
@@ -290,11 +291,13 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         self.quantized.emit(self.output)
 
     def _on_failed(self, e: BaseException) -> None:
+        remove_empty_folders(self._made)  # no empty models/<name>/ left by a failed job
         self.error = e
         self.tensor_label.setText("Failed.")
         show_error(self, e)
 
     def _on_cancelled(self) -> None:
+        remove_empty_folders(self._made)
         self.tensor_label.setText("Cancelled; nothing was written.")
         self.tensor_bar.setValue(0)
         self.overall_bar.setValue(0)

@@ -1,5 +1,6 @@
 """``distilldesk quantize`` as a user runs it (app.cli.main) on the real SmolLM2 checkpoint: the plan is printed
-before any work and agrees with the GGUF that gets made."""
+before any work and agrees with the GGUF that gets made; a failed or interrupted run leaves no empty
+``models/<name>/`` folder behind."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ import pytest
 
 import quantizer
 from app.cli import main
-from app.core import library
+from app.core import library, paths
 from app.core.checkpoint_plan import plan_checkpoint
 from app.core.gguf_header import read_header
 
@@ -57,3 +58,51 @@ def test_the_plan_is_printed_before_converting(smollm2_checkpoint, capsys, monke
     made = library.output_path(name, "Q8_0")
     assert out.startswith(f"{made}  ") and read_header(made).n_tensors == 272
 
+
+def _folders() -> set[str]:
+    return {p.name for p in paths.models_dir().iterdir()}
+
+
+def test_a_failed_quantize_leaves_no_empty_model_folder(smollm2_checkpoint, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    name = smollm2_checkpoint.name
+    before = _folders()
+    # a checkpoint that cannot be converted: refused by the plan, before any folder is made
+    broken = tmp_path / "broken-checkpoint"
+    broken.mkdir()
+    for f in smollm2_checkpoint.iterdir():
+        if f.name != "config.json":
+            (broken / f.name).symlink_to(f)
+    assert main(["quantize", str(broken), "--type", "Q8_0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json" in err and _folders() == before
+    # the disk is full: convert finds it after the plan, and the folder made for the output goes again
+    conv = importlib.import_module("quantizer.convert")
+    with monkeypatch.context() as m:
+        m.setattr(conv.shutil, "disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
+        assert main(["quantize", str(smollm2_checkpoint), "--type", "Q8_0"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"{name} -> Q8_0: predicted") and "free some space" in lines[1] and len(lines) == 2
+    assert _folders() == before
+    # Ctrl-C in the middle of the conversion: the same
+    real = quantizer.convert
+
+    def interrupted(*a, progress=None, **kw):
+        def stop(p):
+            progress(p)
+            if p.index == 3:
+                raise KeyboardInterrupt
+
+        return real(*a, progress=stop, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(quantizer, "convert", interrupted)
+        assert main(["quantize", str(smollm2_checkpoint), "--type", "Q8_0"]) == 130
+        assert _folders() == before
+        # a folder that was already there (holding another GGUF) is kept, with what it holds
+        other = library.output_path(name, "F16")
+        other.parent.mkdir()
+        other.write_bytes(b"another job's file")
+        assert main(["quantize", str(smollm2_checkpoint), "--type", "Q8_0"]) == 130
+    assert [p.name for p in other.parent.iterdir()] == [other.name]
