@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,10 @@ def smollm2_checkpoint() -> Path:
 def smollm2_gguf(smollm2_checkpoint):
     """Factory: ``smollm2_gguf("Q4_K_M") -> Path`` of the GGUF our quantizer makes of the test checkpoint."""
     folder = _fixture_cache() / f"smollm2-gguf-{_source_key()}"
+    # GGUFs made by older versions of the code are never used again: drop them (17 recipes take ~2.4 GB).
+    for stale in _fixture_cache().glob("smollm2-gguf-*"):
+        if stale != folder:
+            shutil.rmtree(stale, ignore_errors=True)
 
     def make(recipe: str) -> Path:
         out = folder / f"smollm2-{recipe}.gguf"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -68,12 +69,19 @@ def _stream_r1(chat, transcript: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="distilldesk-shots-"))
+    try:
+        return _render(argv, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the demo models made there take ~750 MB
+
+
+def _render(argv: list[str] | None, tmp: Path) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "screenshots"))
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="distilldesk-shots-"))
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["DISTILLDESK_DATA_DIR"] = str(tmp / "data")
     os.environ["DISTILLDESK_CACHE_DIR"] = str(tmp / "cache")
