@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"recipe: {', '.join(RECIPES)}")
     p.add_argument("--out", "-o", type=Path, default=None,
                    help="output GGUF (default: <data dir>/models/<name>/<name>-<TYPE>.gguf)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="parallel workers: processes on Linux, threads elsewhere; 1 = in this process "
+                        "(default: usable cores)")
     p.add_argument("--imatrix", type=Path, default=None, help="importance-matrix file made by llama-imatrix")
     p.add_argument("--pre-tokenizer", default=None, metavar="NAME",
                    help="llama.cpp pre-tokenizer name, when the tokenizer's is not recognised (e.g. qwen2)")
