@@ -27,8 +27,24 @@ def weights():
     return cfg, tm.make_weights(cfg, seed=7)
 
 
+_BEFORE: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _preexisting_children():
+    """Children that other tests started and that live on by design (e.g. multiprocessing's resource tracker,
+    started by the GUI's spawned quantize jobs) are not this test's workers."""
+    global _BEFORE
+    _BEFORE = _all_children()
+    yield
+
+
 def _children() -> set[int]:
-    """Our child processes that are still there (running or not yet reaped)."""
+    """Child processes this test started that are still there (running or not yet reaped)."""
+    return _all_children() - _BEFORE
+
+
+def _all_children() -> set[int]:
     pids: set[int] = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
