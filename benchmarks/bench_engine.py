@@ -38,20 +38,9 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 
 def default_models() -> list[Path]:
     """SmolLM2 F16 and Q8_0 made by quantizer.convert (cached in the test-fixture folder)."""
-    import quantizer
-    from app.core.demo import build_demo_checkpoint
-    from tests.conftest import _fixture_cache, _source_key
+    from tests.conftest import smollm2_gguf_path
 
-    ckpt = build_demo_checkpoint(_fixture_cache() / "smollm2-135m-instruct-hf")
-    folder = _fixture_cache() / f"smollm2-gguf-{_source_key()}"
-    out = []
-    for recipe in ("F16", "Q8_0"):
-        p = folder / f"smollm2-{recipe}.gguf"
-        if not p.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            quantizer.convert(ckpt, p, recipe)
-        out.append(p)
-    return out
+    return [smollm2_gguf_path("F16"), smollm2_gguf_path("Q8_0")]
 
 
 # ---- decode -----------------------------------------------------------------------------------------------------

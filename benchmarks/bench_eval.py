@@ -32,21 +32,9 @@ if str(ROOT) not in sys.path:
 
 
 def _default_models() -> tuple[Path, Path]:
-    from app.core.demo import build_demo_checkpoint
-    from tests.conftest import _fixture_cache, _source_key
+    from tests.conftest import smollm2_gguf_path
 
-    ckpt = build_demo_checkpoint(_fixture_cache() / "smollm2-135m-instruct-hf")
-    folder = _fixture_cache() / f"smollm2-gguf-{_source_key()}"
-    out = []
-    for recipe in ("F16", "Q8_0"):
-        p = folder / f"smollm2-{recipe}.gguf"
-        if not p.exists():
-            import quantizer
-
-            folder.mkdir(parents=True, exist_ok=True)
-            quantizer.convert(ckpt, p, recipe)
-        out.append(p)
-    return out[0], out[1]
+    return smollm2_gguf_path("F16"), smollm2_gguf_path("Q8_0")
 
 
 def _anchor(paths: list[Path], tokens: list[int], n_ctx: int, threads: int) -> tuple[float, float]:

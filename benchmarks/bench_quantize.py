@@ -170,12 +170,9 @@ def _same_tensors(a: Path, b: Path) -> bool:
 
 
 def _checkpoint() -> Path:
-    import platformdirs
+    from tests.conftest import smollm2_checkpoint_path
 
-    from app.core.demo import build_demo_checkpoint
-
-    cache = Path(platformdirs.user_cache_dir("distilldesk")) / "test-fixtures" / "smollm2-135m-instruct-hf"
-    return build_demo_checkpoint(cache)
+    return smollm2_checkpoint_path()
 
 
 def main(argv: list[str] | None = None) -> int:

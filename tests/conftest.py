@@ -50,30 +50,37 @@ def _source_key() -> str:
     return h.hexdigest()[:12]
 
 
-@pytest.fixture(scope="session")
-def smollm2_checkpoint() -> Path:
-    """The SmolLM2-135M-Instruct HF checkpoint folder (float16 safetensors + config + tokenizer)."""
+def smollm2_checkpoint_path() -> Path:
+    """Build (once) and return the SmolLM2-135M-Instruct HF checkpoint folder.  Also used by benchmarks/."""
     from app.core.demo import build_demo_checkpoint
 
     return build_demo_checkpoint(_fixture_cache() / "smollm2-135m-instruct-hf")
 
 
+def smollm2_gguf_path(recipe: str) -> Path:
+    """The GGUF our quantizer makes of the test checkpoint with ``recipe``, cached by the source of kernels/ and
+    quantizer/.  Also used by benchmarks/."""
+    folder = _fixture_cache() / f"smollm2-gguf-{_source_key()}"
+    out = folder / f"smollm2-{recipe}.gguf"
+    if not out.exists():
+        import quantizer
+
+        # GGUFs made by older versions of the code are never used again: drop them (17 recipes take ~2.4 GB).
+        for stale in _fixture_cache().glob("smollm2-gguf-*"):
+            if stale != folder:
+                shutil.rmtree(stale, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        quantizer.convert(smollm2_checkpoint_path(), out, recipe)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint() -> Path:
+    """The SmolLM2-135M-Instruct HF checkpoint folder (float16 safetensors + config + tokenizer)."""
+    return smollm2_checkpoint_path()
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf(smollm2_checkpoint):
     """Factory: ``smollm2_gguf("Q4_K_M") -> Path`` of the GGUF our quantizer makes of the test checkpoint."""
-    folder = _fixture_cache() / f"smollm2-gguf-{_source_key()}"
-    # GGUFs made by older versions of the code are never used again: drop them (17 recipes take ~2.4 GB).
-    for stale in _fixture_cache().glob("smollm2-gguf-*"):
-        if stale != folder:
-            shutil.rmtree(stale, ignore_errors=True)
-
-    def make(recipe: str) -> Path:
-        out = folder / f"smollm2-{recipe}.gguf"
-        if not out.exists():
-            import quantizer
-
-            folder.mkdir(parents=True, exist_ok=True)
-            quantizer.convert(smollm2_checkpoint, out, recipe)
-        return out
-
-    return make
+    return smollm2_gguf_path
