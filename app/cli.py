@@ -13,7 +13,8 @@ import sys
 
 from app import __version__
 
-# Subcommand modules, in help order.  A module that is missing is skipped (so a partial checkout still runs).
+# Subcommand modules, in help order.  Every one must import: a missing module (say, one a bundle left out) fails
+# loudly here rather than silently dropping a command.
 COMMANDS = ["download", "models", "quantize", "chat", "compare", "eval"]
 
 
@@ -21,10 +22,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = []
     for mod, name in [("kernels.errors", "KernelError"), ("quantizer.errors", "QuantizerError"),
                       ("app.core.errors", "DistillDeskError"), ("app.core.demo", "DemoUnavailableError")]:
-        try:
-            errs.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
+        errs.append(getattr(importlib.import_module(mod), name))
     return tuple(errs)
 
 
@@ -39,12 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the failing step")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"app.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"app.commands.{name}":
-                raise
-            continue
+        mod = importlib.import_module(f"app.commands.{name}")  # no fallback: a missing command is a broken install
         sp = mod.add_parser(sub)
         sp.set_defaults(_run=mod.run)
     return p

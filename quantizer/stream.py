@@ -273,7 +273,8 @@ def _job(index: int, t: archmod.PlannedTensor, qtype: QT, ckpt: Checkpoint, arch
     computed = None
     if t.hf_name is None:
         freqs = archmod.rope_freqs(arch, cfg)
-        assert freqs is not None
+        if freqs is None:
+            raise RuntimeError(f"{t.name} has no source tensor and the architecture computes none")
         computed = np.ascontiguousarray(freqs, dtype=np.float32).reshape(rows, n)
         src_bytes = 4 * rows * n
     else:

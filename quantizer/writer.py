@@ -176,7 +176,8 @@ class StreamingGGUFWriter:
             self._gw.write_header_to_file(path=self._tmp)
             self._gw.write_kv_data_to_file()
             self._gw.write_ti_data_to_file()
-            assert self._gw.fout is not None
+            if self._gw.fout is None:
+                raise RuntimeError("GGUFWriter did not open the temporary file")
             f = self._gw.fout[0]
             f.flush()
             self._data_start = gguf.GGUFWriter.ggml_pad(f.tell(), self._gw.data_alignment)
@@ -236,7 +237,8 @@ class StreamingGGUFWriter:
         if missing:
             raise ValueError(f"{len(missing)} of {len(self._expected)} tensors were not completely written "
                              f"(first: {missing[0]!r})")
-        assert self._tmp is not None and self._gw.fout is not None
+        if self._tmp is None or self._gw.fout is None:
+            raise RuntimeError("commit() before begin(): nothing was written")
         try:
             os.ftruncate(self._fd, self._data_start + self.data_bytes)  # the last tensor's padding
             os.fsync(self._fd)

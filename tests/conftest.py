@@ -19,23 +19,52 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
+# Prefixes of the caller's variables that would change what the app or huggingface_hub does (offline mode,
+# endpoint, token, cache and data folders).  Tests never see them: they are removed now, at import, before
+# huggingface_hub freezes its constants, and again around every test (which sets its own folders).
+ISOLATED_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "XDG_", "DISTILLDESK_")
+
+
+def _test_cache_root() -> str:
+    """Where test fixtures are cached: ``DISTILLDESK_TEST_CACHE`` (the test harness's own setting, read once here)
+    or the user cache dir as the caller's environment has it."""
+    import platformdirs
+
+    return os.environ.get("DISTILLDESK_TEST_CACHE") or platformdirs.user_cache_dir("distilldesk")
+
+
+TEST_CACHE = _test_cache_root()
+
+
+def _scrub_environ() -> None:
+    for var in [v for v in os.environ if v.startswith(ISOLATED_PREFIXES)]:
+        del os.environ[var]
+    os.environ["DISTILLDESK_TEST_CACHE"] = TEST_CACHE  # fixture caches (tests/llama_tools.py, tests/qwen15.py)
+
+
+_scrub_environ()
+
 
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("isolated")
+    for var in [v for v in os.environ if v.startswith(ISOLATED_PREFIXES)]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("DISTILLDESK_TEST_CACHE", TEST_CACHE)
     monkeypatch.setenv("HF_HOME", str(base / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("DISTILLDESK_DATA_DIR", str(base / "data"))
     monkeypatch.setenv("DISTILLDESK_CACHE_DIR", str(base / "cache"))
+    for name in ("CONFIG", "DATA", "CACHE", "STATE"):
+        monkeypatch.setenv(f"XDG_{name}_HOME", str(base / f"xdg-{name.lower()}"))
+    runtime = base / "xdg-runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     yield
 
 
 def _fixture_cache() -> Path:
-    import platformdirs
-
-    p = Path(os.environ.get("DISTILLDESK_TEST_CACHE") or platformdirs.user_cache_dir("distilldesk")) / "test-fixtures"
+    p = Path(TEST_CACHE) / "test-fixtures"
     p.mkdir(parents=True, exist_ok=True)
     return p
 

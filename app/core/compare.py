@@ -195,7 +195,9 @@ def score_tokens(ref: LogitSource, cand: LogitSource, tokens: Sequence[int], fir
     cand_rows = cand.rows(tokens, first, cancel=cancel)
     for i0, r in ref.rows(tokens, first, cancel=cancel):
         j0, c = next(cand_rows)
-        assert i0 == j0 and r.shape == c.shape
+        if i0 != j0 or r.shape != c.shape:
+            raise RuntimeError(f"the two models' logit rows are out of step (rows at {i0} {r.shape} and {j0} "
+                               f"{c.shape})")
         parts.append(token_metrics(r, c, tokens[i0 + 1:i0 + 1 + len(r)]))
         if on_rows is not None:
             on_rows(i0 + len(r) - first)
