@@ -85,10 +85,15 @@ def llama_tool(name: str) -> Path:
         raise FileNotFoundError(f"no tools/{name}/*.cpp in {src}")
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = wheel_lib_dir()
+    # the wheel installs libllama-common only in site-packages/lib (an identical copy of llama_cpp/lib plus it)
+    common = next((d for d in (lib, lib.parent.parent / "lib") if list(d.glob("libllama-common.*"))), lib)
     tmp = exe.with_suffix(".tmp")
     cmd = ["g++", "-std=c++17", "-O2", *sources, "-o", str(tmp),
            *(f"-I{src / d}" for d in ("include", "common", "ggml/include", "vendor", f"tools/{name}")),
-           f"-L{lib}", f"-Wl,-rpath,{lib}", "-lllama-common", "-lllama", "-lggml-base", "-lggml", "-pthread"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+           f"-L{lib}", f"-Wl,-rpath,{lib}", f"-L{common}", f"-Wl,-rpath,{common}",
+           "-lllama-common", "-lllama", "-lggml-base", "-lggml", "-pthread"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"building llama-{name} failed:\n{r.stderr[-3000:]}")
     os.replace(tmp, exe)
     return exe
