@@ -52,7 +52,14 @@ from .chat_types import (
     as_message,
     split_turns,
 )
-from .errors import ContextOverflowError, EngineBusyError, EngineError, GpuUnavailableError, ModelLoadError
+from .errors import (
+    ContextOverflowError,
+    EngineBusyError,
+    EngineError,
+    EngineSettingError,
+    GpuUnavailableError,
+    ModelLoadError,
+)
 from .gguf_header import GGUFHeader, read_header
 from .llama_runtime import (
     MAX_N_CTX,
@@ -64,6 +71,7 @@ from .llama_runtime import (
     load_failure_reason,
     total_memory,
 )
+from .load_options import FLASH_ATTN_CHOICES, KV_CACHE_TYPES, LoadOptions
 from .thinking import ThinkingParser, prompt_opens_thinking
 from .units import format_size
 
@@ -76,6 +84,24 @@ __all__ = ["DEFAULT_SETTINGS", "MAX_N_CTX", "Engine", "FinishReason", "Message",
            "gpu_backend", "install_llama_log_handler"]
 
 
+def resolve_attention(options: LoadOptions, *, offloaded: bool) -> tuple[str, str]:
+    """The flash-attention mode ("on"/"off") and KV cache type a load really uses.  llama-cpp-python can only
+    say on or off, so "auto" is decided here: on when layers are offloaded to a GPU (where it saves memory and
+    time), off on the CPU (llama-cpp-python's default; figures comparable with ``llama-perplexity -fa off``).
+    A q8_0 KV cache needs flash attention (llama.cpp refuses a quantized V cache without it)."""
+    fa, kv = options.flash_attn, options.kv_cache_type
+    if fa not in FLASH_ATTN_CHOICES:
+        raise EngineSettingError(f"flash attention {fa!r} is not one of {', '.join(FLASH_ATTN_CHOICES)}")
+    if kv not in KV_CACHE_TYPES:
+        raise EngineSettingError(f"KV cache type {kv!r} is not one of {', '.join(KV_CACHE_TYPES)}")
+    if fa == "auto":
+        fa = "on" if offloaded or kv != "f16" else "off"
+    if kv != "f16" and fa == "off":
+        raise EngineSettingError(f"a {kv} KV cache needs flash attention: set flash attention to auto or on, or "
+                                 "use an f16 KV cache")
+    return fa, kv
+
+
 class Engine:
     """One loaded model.  See the module docstring.
 
@@ -85,12 +111,19 @@ class Engine:
     ``n_threads``: CPU threads (``None`` = llama.cpp's default).  ``n_gpu_layers``: layers to offload (``-1`` =
     all; needs a GPU build).  ``use_mmap``: map the file instead of reading it into RAM.  ``seed``: default seed
     for sampling (``SamplingSettings.seed`` overrides it).  ``vocab_only``: load only the tokenizer and metadata
-    (rendering/tokenizing, no generation).
+    (rendering/tokenizing, no generation).  ``options``: the app's one set of load settings
+    (:class:`~app.core.load_options.LoadOptions`; its threads, GPU layers and mmap replace the keywords above;
+    flash attention and KV cache type: :func:`resolve_attention`, the values in effect are :attr:`flash_attn`
+    and :attr:`kv_cache_type`).
     """
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, use_mmap: bool = True, seed: int | None = None,
-                 vocab_only: bool = False) -> None:
+                 vocab_only: bool = False, options: LoadOptions | None = None) -> None:
+        if options is not None:       # the one set of load settings wins over the single keywords
+            n_threads, n_gpu_layers, use_mmap = options.n_threads, options.n_gpu_layers, options.use_mmap
+        else:
+            options = LoadOptions(n_threads=n_threads, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap)
         self._lock = threading.Lock()
         self._llama: Any = None
         self._path = Path(model_path)
@@ -105,6 +138,7 @@ class Engine:
                 f"only): set GPU layers to 0, or rebuild with GPU support, e.g. "
                 f"DISTILLDESK_CMAKE_ARGS=-DGGML_CUDA=on make run")
         self._backend = gpu if (n_gpu_layers and gpu) else "CPU"
+        self.flash_attn, self.kv_cache_type = resolve_attention(options, offloaded=self._backend != "CPU")
         if not vocab_only:
             self._check_fits_in_ram(use_mmap)
         self._llama = self._load(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
@@ -160,9 +194,11 @@ class Engine:
         clear_recent_problems()
         seed = self._seed if self._seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
         try:
+            kv = llama_cpp.GGML_TYPE_Q8_0 if self.kv_cache_type == "q8_0" else llama_cpp.GGML_TYPE_F16
             return llama_cpp.Llama(str(self._path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                                    n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, vocab_only=vocab_only,
-                                   seed=seed, verbose=False)
+                                   seed=seed, verbose=False, flash_attn=self.flash_attn == "on", type_k=kv,
+                                   type_v=kv)
         except (ValueError, RuntimeError, OSError) as e:
             why = load_failure_reason(str(e).rstrip("."))
             arch = self._header.architecture
