@@ -12,36 +12,27 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import (
-    QCheckBox,
-    QDoubleSpinBox,
-    QHBoxLayout,
-    QLabel,
-    QPlainTextEdit,
-    QPushButton,
-    QSpinBox,
-    QSplitter,
-    QToolButton,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
 
 from app.core.units import format_size
 
 from .chat_model import ChatMessage, MessageListModel
+from .chat_sampling import SamplingBar
 from .chat_widgets import PromptEdit, Transcript
 from .conversations import ConversationPanel
 from .errors import show_error
 from .model_worker import ModelHost
 from .reasoning_panel import ReasoningPanel
-from .settings import R1_TEMPERATURE, R1_TOP_P
 from .workers import ThreadRegistry
+
+NO_MODEL = "No model loaded: pick one in the Library."
 
 
 class ChatView(QWidget):
     modelLoaded = Signal(object)  # ModelInfo
     modelLoading = Signal(object)  # Path
     modelFailed = Signal(object)  # exception
+    modelUnloaded = Signal()
     replyFinished = Signal(object)  # ChatMessage (with stats)
     busyChanged = Signal(bool)
 
@@ -58,9 +49,12 @@ class ChatView(QWidget):
         self._reasoning_model = True
         self.model = MessageListModel(self)
         self.conversations = ConversationPanel(self)
+        self.conversations.aboutToSwitch.connect(self._detach_stream)
         self.conversations.conversationOpened.connect(self._open_conversation)
         self.conversations.newRequested.connect(self.new_conversation)
         self._build()
+        for sig in (self.model.rowsInserted, self.model.rowsRemoved, self.model.modelReset):
+            sig.connect(lambda *_: self._update_controls())
         self.transcript.reasoningRequested.connect(self.show_reasoning)
         self.transcript.editRequested.connect(self.edit_message)
         self.model.dataChanged.connect(self._on_model_changed)
@@ -70,50 +64,23 @@ class ChatView(QWidget):
 
     # ---- layout ---------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        s = self._settings()
-        self.model_label = QLabel("No model loaded: pick one in the Library.")
+        self.model_label = QLabel(NO_MODEL)
         self.model_label.setObjectName("modelLabel")
-        self.system_toggle = QToolButton()
-        self.system_toggle.setText("System prompt")
-        self.system_toggle.setCheckable(True)
-        self.system_prompt = QPlainTextEdit(s.system_prompt)
-        self.system_prompt.setObjectName("systemPrompt")
-        self.system_prompt.setPlaceholderText("Optional instructions for the whole conversation. (DeepSeek advises "
-                                              "R1 models to get all instructions in the user message instead.)")
-        self.system_prompt.setMaximumHeight(70)
-        self.system_prompt.setVisible(False)
-        self.system_toggle.toggled.connect(self.system_prompt.setVisible)
-        self.temperature = QDoubleSpinBox()
-        self.temperature.setRange(0.0, 2.0)
-        self.temperature.setSingleStep(0.05)
-        self.temperature.setValue(s.temperature)
-        self.top_p = QDoubleSpinBox()
-        self.top_p.setRange(0.0, 1.0)
-        self.top_p.setSingleStep(0.01)
-        self.top_p.setValue(s.top_p)
-        self.max_tokens = QSpinBox()
-        self.max_tokens.setRange(1, 65536)
-        self.max_tokens.setValue(s.max_tokens)
-        self.greedy = QCheckBox("Greedy")
-        self.greedy.setChecked(s.greedy)
-        self.greedy.toggled.connect(lambda on: (self.temperature.setEnabled(not on), self.top_p.setEnabled(not on)))
-        r1 = QPushButton("R1 defaults")
-        r1.setToolTip("temperature 0.6, top-p 0.95 (DeepSeek's recommendation for R1 and its distills)")
-        r1.clicked.connect(self.reset_sampling)
+        self.unload_button = QPushButton("Unload")
+        self.unload_button.setObjectName("unloadButton")
+        self.unload_button.setToolTip("Free the model's memory (the conversation stays)")
+        self.unload_button.clicked.connect(lambda: self.unload_model())
+        self.sampling_bar = SamplingBar(self._settings)
+        b = self.sampling_bar  # its controls are the view's (tests and the main window reach them here)
+        self.system_toggle, self.system_prompt = b.system_toggle, b.system_prompt
+        self.temperature, self.top_p, self.max_tokens, self.seed, self.greedy = (b.temperature, b.top_p,
+                                                                                 b.max_tokens, b.seed, b.greedy)
         top = QVBoxLayout()
         row1 = QHBoxLayout()
         row1.addWidget(self.model_label, 1)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.system_toggle)
-        row2.addSpacing(12)
-        for label, w in (("Temperature", self.temperature), ("Top-p", self.top_p), ("Max tokens", self.max_tokens)):
-            row2.addWidget(QLabel(label))
-            row2.addWidget(w)
-        row2.addWidget(self.greedy)
-        row2.addWidget(r1)
-        row2.addStretch(1)
+        row1.addWidget(self.unload_button)
         top.addLayout(row1)
-        top.addLayout(row2)
+        top.addWidget(self.sampling_bar)
 
         self.transcript = Transcript(self.model)
         self.edit_banner = QLabel("Editing an earlier message: Enter resends it (later messages are replaced), "
@@ -123,25 +90,27 @@ class ChatView(QWidget):
         self.prompt = PromptEdit()
         self.prompt.setObjectName("promptEdit")
         self.prompt.setPlaceholderText("Ask something… (Enter sends, Shift+Enter new line, Esc stops)")
-        self.prompt.submitted.connect(self.send)
+        self.prompt.submitted.connect(lambda: self.send())
+        # clicked(bool) would pass `checked` as send's text: every button goes through a lambda without arguments
         self.send_button = QPushButton("Send")
         self.send_button.setObjectName("sendButton")
-        self.send_button.clicked.connect(self.send)
+        self.send_button.clicked.connect(lambda: self.send())
         self.stop_button = QPushButton("Stop")
         self.stop_button.setObjectName("stopButton")
-        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.clicked.connect(lambda: self.stop())
         self.regen_button = QPushButton("Regenerate")
         self.regen_button.setObjectName("regenerateButton")
-        self.regen_button.clicked.connect(self.regenerate)
+        self.regen_button.clicked.connect(lambda: self.regenerate())
         buttons = QVBoxLayout()
-        for b in (self.send_button, self.stop_button, self.regen_button):
-            buttons.addWidget(b)
+        for btn in (self.send_button, self.stop_button, self.regen_button):
+            buttons.addWidget(btn)
         buttons.addStretch(1)
         bottom = QHBoxLayout()
         bottom.addWidget(self.prompt, 1)
         bottom.addLayout(buttons)
 
         center = QWidget()
+        center.setObjectName("chatCenter")
         cl = QVBoxLayout(center)
         cl.setContentsMargins(0, 0, 0, 0)
         cl.addLayout(top)
@@ -149,7 +118,10 @@ class ChatView(QWidget):
         cl.addWidget(self.transcript, 1)
         cl.addWidget(self.edit_banner)
         cl.addLayout(bottom)
+        self.center = center
         self.reasoning = ReasoningPanel()
+        self.reasoning.collapsedChanged.connect(self._on_reasoning_collapsed)
+        self._reasoning_width = 380
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.conversations)
         self.splitter.addWidget(center)
@@ -160,6 +132,19 @@ class ChatView(QWidget):
         self.splitter.setSizes([200, 640, 380])
         lay = QVBoxLayout(self)
         lay.addWidget(self.splitter)
+
+    def _on_reasoning_collapsed(self, collapsed: bool) -> None:
+        """A collapsed reasoning panel gives its width to the transcript (and takes it back when opened)."""
+        sizes = self.splitter.sizes()
+        if collapsed:
+            self._reasoning_width = max(sizes[2], 200)
+            narrow = self.reasoning.collapsed_width()
+            self.reasoning.setMaximumWidth(narrow)
+            self.splitter.setSizes([sizes[0], sizes[1] + sizes[2] - narrow, narrow])
+        else:
+            self.reasoning.setMaximumWidth(16777215)
+            give = min(self._reasoning_width, max(sizes[1] - 300, 0) + sizes[2])
+            self.splitter.setSizes([sizes[0], sizes[1] + sizes[2] - give, give])
 
     # ---- model ----------------------------------------------------------------------------------------------
     def load_model(self, path: Path) -> None:
@@ -180,14 +165,24 @@ class ChatView(QWidget):
         host.load(path, n_ctx=s.context_size, n_threads=s.effective_threads(), n_gpu_layers=s.gpu_layers)
         self._update_controls()
 
+    def unload_model(self) -> None:
+        """Free the loaded model (a reply being generated stops and is saved as stopped)."""
+        if self.host is None:
+            return
+        self._retire_host()
+        self.model_label.setText(NO_MODEL)
+        self._update_controls()
+
     def _retire_host(self) -> None:
-        old, self.host = self.host, None
+        old = self.host
         if old is None:
             return
-        self._finish_streaming("cancelled")
+        self._detach_stream()  # the partial reply is saved, marked stopped, before its model goes
+        self.host = None
         old.cancel_all()
         self._retiring.append(old)
         old.retire(lambda h=old: self._retiring.remove(h) if h in self._retiring else None)
+        self.modelUnloaded.emit()
 
     def _on_loaded(self, info: Any) -> None:
         # A model whose template never mentions <think> is not a reasoning model: a reply without reasoning is
@@ -201,7 +196,7 @@ class ChatView(QWidget):
         self.prompt.setFocus()
 
     def _on_load_failed(self, e: BaseException) -> None:
-        self.model_label.setText("No model loaded: pick one in the Library.")
+        self.model_label.setText(NO_MODEL)
         if self.host is not None:
             self._retire_host()
         self.modelFailed.emit(e)
@@ -213,8 +208,7 @@ class ChatView(QWidget):
 
     # ---- conversation ---------------------------------------------------------------------------------------
     def new_conversation(self) -> None:
-        if self.is_busy():
-            self.stop()
+        self._detach_stream()
         self._cancel_edit()
         self.model.clear()
         self.conversations.start_new()
@@ -222,26 +216,18 @@ class ChatView(QWidget):
         self.prompt.setFocus()
 
     def _open_conversation(self, messages: list[ChatMessage], system_prompt: str) -> None:
-        if self.is_busy():
-            self.stop()
+        self._detach_stream()  # normally done already (aboutToSwitch), before the panel changed conversation
         self._cancel_edit()
         self.model.set_messages(messages)
-        self.system_prompt.setPlainText(system_prompt)
+        self.sampling_bar.show_system_prompt(system_prompt)
         last = self.model.last_row("assistant")
         self.reasoning.show_message(self.model.message(last) if last >= 0 else None)
 
     def sampling(self) -> Any:
-        from app.core.chat_types import SamplingSettings
-
-        s = self._settings()
-        return SamplingSettings(temperature=self.temperature.value(), top_p=self.top_p.value(),
-                                max_tokens=self.max_tokens.value(), greedy=self.greedy.isChecked(),
-                                seed=None if s.seed < 0 else s.seed)
+        return self.sampling_bar.sampling()
 
     def reset_sampling(self) -> None:
-        self.temperature.setValue(R1_TEMPERATURE)
-        self.top_p.setValue(R1_TOP_P)
-        self.greedy.setChecked(False)
+        self.sampling_bar.reset()
 
     def _history_messages(self) -> list[dict[str, str]]:
         out = []
@@ -259,6 +245,8 @@ class ChatView(QWidget):
 
     def send(self, text: str | None = None) -> bool:
         """Send the prompt box's text (or ``text``).  Returns False when nothing could be sent."""
+        if not isinstance(text, str | None):  # a signal's argument (e.g. clicked's `checked`) is not a prompt
+            raise TypeError(f"send() takes the text to send, not {type(text).__name__}")
         text = (self.prompt.toPlainText() if text is None else text).strip()
         if not text or self.is_busy():
             return False
@@ -337,6 +325,27 @@ class ChatView(QWidget):
         self.reasoning.set_expanded(True)
 
     # ---- results (GUI thread) -------------------------------------------------------------------------------
+    def _detach_stream(self) -> None:
+        """Leave the reply being generated (switching conversation, New chat, Delete, another model, closing):
+        stop it and save what came so far into its own conversation, marked stopped.  The view is idle at once;
+        the stopped request's late segments and reply are ignored (request ids are unique per app)."""
+        if self._request is None:
+            return
+        rid, row = self._request, self._row
+        if self.host is not None:
+            self.host.stop(rid)
+        self._request = self._row = None
+        if row is not None and row < self.model.rowCount() and self.model.message(row).streaming:
+            self.model.update(row, streaming=False, finish_reason="cancelled")
+            if self.model.message(row).content or self.model.message(row).reasoning:
+                self._save(row)
+            else:  # nothing came: no empty bubble (Regenerate asks again)
+                self.model.truncate(row)
+            if self.reasoning.message() is not None and self.reasoning.message().streaming:
+                self.reasoning.show_message(self.model.message(row))
+        self._update_controls()
+        self.busyChanged.emit(False)
+
     def _on_segment(self, rid: int, kind: str, text: str) -> None:
         if rid == self._request and self._row is not None:
             self.model.append_text(self._row, kind, text)
@@ -395,9 +404,12 @@ class ChatView(QWidget):
         self.send_button.setEnabled(loaded and not busy)
         self.stop_button.setEnabled(busy)
         self.regen_button.setEnabled(loaded and not busy and self.model.rowCount() > 0)
+        self.unload_button.setEnabled(self.host is not None)
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
-        """Stop generating, free the model and join its thread (window closing)."""
+        """Stop generating (the partial reply is saved), free the model and join its thread (window closing)."""
+        self._detach_stream()
+        self.sampling_bar.flush()
         if self.host is not None:
             self.host.close(timeout_ms)
         for h in list(self._retiring):

@@ -6,7 +6,7 @@ Streaming text is re-rendered as markdown at most every ``RENDER_INTERVAL_MS`` (
 from __future__ import annotations
 
 from PySide6.QtCore import QModelIndex, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QKeyEvent, QResizeEvent
+from PySide6.QtGui import QKeyEvent, QResizeEvent, QTextDocument
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -23,6 +23,9 @@ from PySide6.QtWidgets import (
 from .chat_model import ChatMessage, MessageListModel
 
 RENDER_INTERVAL_MS = 40
+# The model's Markdown, GitHub dialect, with raw HTML shown as text rather than interpreted (a reply quoting
+# `<script>` or `<think>` shows it; it never restyles or hides the transcript).
+MARKDOWN = QTextDocument.MarkdownFeature.MarkdownDialectGitHub | QTextDocument.MarkdownFeature.MarkdownNoHTML
 
 
 class PromptEdit(QPlainTextEdit):
@@ -42,7 +45,8 @@ class PromptEdit(QPlainTextEdit):
 
 
 class MarkdownView(QTextBrowser):
-    """Read-only markdown that is as tall as its content (the transcript scrolls, not each bubble)."""
+    """Read-only markdown (or plain text) that is as tall as its content (the transcript scrolls, not each
+    bubble)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -55,9 +59,16 @@ class MarkdownView(QTextBrowser):
         self._markdown = None
 
     def set_markdown(self, text: str) -> None:
-        if text != self._markdown:
-            self._markdown = text
-            self.setMarkdown(text)
+        if ("md", text) != self._markdown:
+            self._markdown = ("md", text)
+            self.document().setMarkdown(text, MARKDOWN)
+            self._fit()
+
+    def set_plain(self, text: str) -> None:
+        """Text exactly as typed: no Markdown, no HTML, line breaks kept (the user's messages)."""
+        if ("plain", text) != self._markdown:
+            self._markdown = ("plain", text)
+            self.setPlainText(text)
             self._fit()
 
     def _fit(self, *_: object) -> None:
@@ -76,8 +87,6 @@ def stats_line(msg: ChatMessage) -> str:
     if msg.streaming:
         n = msg.reasoning_tokens + msg.answer_tokens
         return f"generating… {n} tokens"
-    if not s:
-        return ""
     parts = []
     if s.get("time_to_first_token_s") is not None:
         parts.append(f"first token {s['time_to_first_token_s']:.2f} s")
@@ -146,8 +155,7 @@ class MessageWidget(QFrame):
             self.style().unpolish(self)
             self.style().polish(self)
         # "Reasoning" only where there is some (or may come): past replies keep theirs viewable
-        self.action.setVisible(msg.role == "user" or (msg.role == "assistant" and (bool(msg.reasoning)
-                                                                                  or msg.streaming)))
+        self.action.setVisible(msg.role == "user" or (msg.role == "assistant" and bool(msg.reasoning)))
         self._pending = msg
         if msg.streaming:
             if not self._timer.isActive():
@@ -163,7 +171,10 @@ class MessageWidget(QFrame):
         text = msg.content
         if msg.role == "assistant" and not text and msg.streaming:
             text = "*thinking…*" if msg.reasoning else "…"
-        self.body.set_markdown(text)
+        if msg.role == "user":
+            self.body.set_plain(text)
+        else:
+            self.body.set_markdown(text)
         stats = stats_line(msg)
         self.stats.setText(stats)
         self.stats.setVisible(bool(stats))  # an empty label would still take a line (users' bubbles)

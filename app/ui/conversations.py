@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .chat_model import ChatMessage, MessageListModel
 from .errors import show_error
@@ -70,6 +78,10 @@ class HistoryStore:
                                    context_full=bool(meta.get("context_full")), history_id=r.position))
         return out, str(conv.settings.get("system_prompt", "") or "")
 
+    def update_settings(self, conversation: Any, model_path: str, system_prompt: str, sampling: dict) -> None:
+        """Record the system prompt and sampling the conversation now continues with."""
+        self._h.set_model(conversation, model_path or None, {**sampling, "system_prompt": system_prompt})
+
     def delete_from(self, conversation: Any, message_id: Any) -> None:
         self._h.truncate(conversation, int(message_id))
 
@@ -81,6 +93,7 @@ class HistoryStore:
 
 
 class ConversationPanel(QWidget):
+    aboutToSwitch = Signal()  # the open conversation is about to change (still ``current`` while this runs)
     conversationOpened = Signal(object, str)  # list[ChatMessage], system prompt
     newRequested = Signal()
 
@@ -94,7 +107,9 @@ class ConversationPanel(QWidget):
         self.new_button.setObjectName("newChatButton")
         self.new_button.clicked.connect(self.newRequested.emit)
         self.delete_button = QPushButton("Delete")
-        self.delete_button.clicked.connect(self._delete_selected)
+        self.delete_button.setObjectName("deleteChatButton")
+        self.delete_button.setToolTip("Delete the selected conversation (asks first)")
+        self.delete_button.clicked.connect(lambda: self._delete_selected())
         self.list = QListWidget()
         self.list.setObjectName("conversationList")
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -156,6 +171,7 @@ class ConversationPanel(QWidget):
         except Exception as e:  # noqa: BLE001
             show_error(self, e)
             return
+        self.aboutToSwitch.emit()  # a reply still streaming is saved into the conversation it belongs to
         self.current = cid
         self.conversationOpened.emit(messages, system_prompt)
 
@@ -179,6 +195,8 @@ class ConversationPanel(QWidget):
                 title = " ".join(first_user.split())[:60]
                 self.current = st.create(title, model_path, system_prompt.strip(), sampling)
                 self.refresh()
+            else:  # a system prompt (or sampling) changed mid-conversation is the conversation's from now on
+                st.update_settings(self.current, model_path, system_prompt.strip(), sampling or {})
             mid = st.add(self.current, m)
         except Exception as e:  # noqa: BLE001
             show_error(self, e, context="Saving the message failed")
@@ -204,13 +222,25 @@ class ConversationPanel(QWidget):
         if st is None or not items:
             return
         cid = items[0].data(Qt.ItemDataRole.UserRole)
+        if not self._confirm_delete(items[0].text()):
+            return
+        if cid == self.current:
+            self.newRequested.emit()  # leaves it first (a reply being generated stops)
         try:
             st.delete(cid)
         except Exception as e:  # noqa: BLE001
             show_error(self, e)
-        if cid == self.current:
-            self.newRequested.emit()
         self.refresh()
+
+    def _confirm_delete(self, title: str) -> bool:
+        box = QMessageBox(QMessageBox.Icon.Question, "Delete chat",
+                          f"Delete the chat “{title}” and all its messages? This cannot be undone.",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("deleteChatConfirm")
+        delete = box.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is delete
 
     def close_store(self) -> None:
         if self._store is not None:

@@ -66,9 +66,11 @@ class MainWindow(QMainWindow):
         self.library.downloadRequested.connect(self.open_download)
         self.library.refreshed.connect(lambda: self.compare.set_groups(self.library.groups()))
         self.compare.ladder.qualityMeasured.connect(self.library.set_quality)
+        self.library.usage_notes = self._usage_notes
         self.chat.modelLoading.connect(lambda p: self.model_status.setText(f"loading {Path(p).name}…"))
         self.chat.modelLoaded.connect(self._on_model_loaded)
         self.chat.modelFailed.connect(lambda _e: self.model_status.setText("no model"))
+        self.chat.modelUnloaded.connect(self._on_model_unloaded)
         self.chat.replyFinished.connect(self._on_reply)
         self.resize(1280, 820)
         self.library.refresh()  # in a worker: the window shows at once, the list a moment later
@@ -125,12 +127,27 @@ class MainWindow(QMainWindow):
         self.model_status.setText(f"{info.name} · {info.file_type}")
         self.backend_status.setText(f"backend: {info.backend}")
 
+    def _on_model_unloaded(self) -> None:
+        """No model, no speed: the last reply's tok/s belonged to the model that is gone."""
+        self.model_status.setText("no model")
+        self.speed_status.setText("– tok/s")
+
     def _on_reply(self, msg: Any) -> None:
         s = msg.stats or {}
         if s:
             self.speed_status.setText(f"{s.get('decode_tokens_per_s', 0):.1f} tok/s")
 
     # ---- actions --------------------------------------------------------------------------------------------
+    def _usage_notes(self, path: Path) -> list[str]:
+        """What the Library's Delete… says besides the file itself: where the app is using it now."""
+        notes = []
+        info = self.chat.loaded_info()
+        if info is not None and Path(info.path) == Path(path):
+            notes.append("It is loaded in Chat: the chat goes on using it until another model is loaded.")
+        if Path(path) in (self.compare.reference_path(), self.compare.candidate_path()):
+            notes.append("It is selected in Compare.")
+        return notes
+
     def open_chat(self, path: Path) -> None:
         info = self.chat.loaded_info()
         if info is None or Path(info.path) != Path(path):

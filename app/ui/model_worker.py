@@ -7,6 +7,7 @@ queued "stop" signal would wait behind the running call.  The worker never touch
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from pathlib import Path
@@ -17,6 +18,10 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from .workers import ThreadRegistry, default_registry
 
 log = logging.getLogger(__name__)
+
+# Request ids are unique in the whole app, not per host: a retired model's late reply can never be taken for the
+# reply of the model that replaced it.
+_request_ids = itertools.count(1)
 
 
 class ModelWorker(QObject):
@@ -105,7 +110,6 @@ class ModelHost(QObject):
         self._worker.segment.connect(self.segment)
         self._worker.replied.connect(self._on_replied)
         self._worker.failed.connect(self._on_failed)
-        self._next_request = 0
         self._cancels: dict[int, threading.Event] = {}
         self._loading = False
         self.info: Any = None
@@ -124,8 +128,7 @@ class ModelHost(QObject):
 
     def chat(self, messages: list, settings: Any) -> int:
         """Queue a reply; returns its request id (the id the segment/replied/failed signals carry)."""
-        self._next_request += 1
-        rid = self._next_request
+        rid = next(_request_ids)
         self._cancels[rid] = threading.Event()
         self.busyChanged.emit(True)
         self._requestChat.emit(rid, list(messages), settings, self._cancels[rid])

@@ -29,11 +29,15 @@ UNTERMINATED_WARNING = ("The reasoning never finished (no </think>): the whole r
 
 
 def thought_summary(msg: ChatMessage) -> str:
+    """The panel's header for ``msg``.  Figures only where there is reasoning: a reply without any (a model that
+    does not reason, or R1 skipping it) never reads "Thought for 0.0 s, 0 tokens"."""
+    if not msg.reasoning:
+        if msg.streaming and not msg.content:
+            return "Waiting for the first token…"
+        return "No reasoning" + (" (answering directly)" if msg.streaming else "")
     secs, toks = msg.thought_seconds(), msg.thought_tokens()
     if msg.streaming and not msg.content and not msg.reasoning_ended:
         return f"Thinking… {secs:.1f} s, {toks} tokens"
-    if not msg.reasoning and not msg.streaming:
-        return "No reasoning"
     return f"Thought for {secs:.1f} s, {toks} tokens"
 
 
@@ -85,9 +89,17 @@ class ReasoningPanel(QFrame):
             self.toggle.setChecked(expanded)  # re-enters through toggled
             return
         self.toggle.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        # collapsed, the panel is just its toggle (the chat view gives the width to the transcript); the
+        # summary is then the toggle's tooltip
+        self.summary.setVisible(expanded)
         self.text.setVisible(expanded)
         self.warning.setVisible(expanded and bool(self.warning.text()))
         self.collapsedChanged.emit(not expanded)
+
+    def collapsed_width(self) -> int:
+        """The width the panel needs collapsed: its toggle."""
+        m = self.layout().contentsMargins()
+        return self.toggle.sizeHint().width() + m.left() + m.right() + 2 * self.frameWidth()
 
     def message(self) -> ChatMessage | None:
         return self._msg
@@ -149,5 +161,6 @@ class ReasoningPanel(QFrame):
     def _refresh_header(self) -> None:
         if self._msg is not None:
             self.summary.setText(thought_summary(self._msg))
+            self.toggle.setToolTip(self.summary.text())
             if not self._msg.streaming:
                 self._tick.stop()

@@ -119,8 +119,16 @@ def test_collapsible_and_past_replies_keep_their_reasoning(view, qtbot):
     # the first reply's reasoning, from its bubble's "Reasoning" button
     qtbot.mouseClick(view.transcript.widget_at(0).action, Qt.MouseButton.LeftButton)
     assert panel.message() is view.model.message(0) and "17 × 20 = 340" in panel.plain_text()
-    # collapse to the header and back
+    # collapse to the toggle (the summary becomes its tooltip) and back; the transcript gets the space
+    summary = panel.summary.text()
+    center, width = view.center.width(), panel.width()
+    assert width > 250
     qtbot.mouseClick(panel.toggle, Qt.MouseButton.LeftButton)
-    assert not panel.is_expanded() and not panel.text.isVisibleTo(panel) and panel.summary.isVisibleTo(panel)
+    assert not panel.is_expanded() and not panel.text.isVisibleTo(panel) and not panel.summary.isVisibleTo(panel)
+    assert panel.toggle.toolTip() == summary
+    qtbot.waitUntil(lambda: view.center.width() >= center + width - 150)
+    assert panel.width() <= 150 and panel.toggle.isVisibleTo(panel)
     qtbot.mouseClick(panel.toggle, Qt.MouseButton.LeftButton)
-    assert panel.is_expanded() and panel.text.isVisibleTo(panel)
+    assert panel.is_expanded() and panel.text.isVisibleTo(panel) and panel.summary.isVisibleTo(panel)
+    qtbot.waitUntil(lambda: panel.width() >= width - 10)
+    assert view.center.width() <= center + 10
