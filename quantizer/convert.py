@@ -35,6 +35,7 @@ from .errors import (
     OutputIsInputError,
     OutputNotWritableError,
 )
+from .model_card import model_card_kv
 from .recipes import FLOAT_RECIPES, QUANTIZATION_VERSION, TensorInfo, plan
 from .stream import ConvertProgress, TensorStream
 from .tokenizer import export_vocab
@@ -82,11 +83,12 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: st
         with StreamingGGUFWriter(out, arch.name) as w:
             for t in tensors:
                 w.add_tensor_info(t.name, t.shape, p.types[t.name], sizes[t.name])
+            card_kv = model_card_kv(folder, arch.name, w.parameter_count(), name_folder=model_name(src))
             w.create()
             # the workers start on the first blocks now; the tokenizer export and the header are built meanwhile
             with TensorStream(w, ckpt, arch, cfg, tensors, p.types, im, threads, progress, cancel) as data:
                 vocab_kv = export_vocab(folder, cfg, arch, pre_tokenizer=pre_tokenizer)
-                _add_metadata(w, arch, cfg, p, tensors, vocab_kv, model_name(src), im, imatrix)
+                _add_metadata(w, arch, cfg, p, card_kv, vocab_kv, im, imatrix)
                 del vocab_kv
                 w.begin()
                 data.run()
@@ -132,17 +134,14 @@ def _check_output(out: Path, ckpt: Checkpoint, data_bytes: int) -> None:
 
 
 # ---- metadata -----------------------------------------------------------------------------------------------
-def _add_metadata(w: StreamingGGUFWriter, arch: archmod.Arch, cfg: dict, p, tensors, vocab_kv, name: str,
+def _add_metadata(w: StreamingGGUFWriter, arch: archmod.Arch, cfg: dict, p, card_kv, vocab_kv,
                   im, imatrix_path) -> None:
-    """Metadata in the order llama.cpp writes it: the converter's for float recipes; for quantized ones what
-    llama-quantize makes of that (quantization version and file type moved to the end, then the imatrix keys)."""
-    from gguf import size_label
-
+    """Metadata in the order llama.cpp writes it: the converter's for float recipes (general.type and the model
+    card's keys, see :mod:`quantizer.model_card`, then the hyperparameters, then the vocabulary); for quantized ones
+    what llama-quantize makes of that (quantization version and file type moved to the end, then the imatrix
+    keys)."""
     quantized = p.recipe not in FLOAT_RECIPES
-    n_params = sum(int(np.prod(t.shape)) for t in tensors)
-    kvs = [("general.type", "model", V.STRING), ("general.name", name, V.STRING),
-           ("general.size_label", size_label(n_params, n_params, 0, 0), V.STRING),
-           *archmod.hparams_kv(arch, cfg, p.file_type),
+    kvs = [*card_kv, *archmod.hparams_kv(arch, cfg, p.file_type),
            ("general.quantization_version", QUANTIZATION_VERSION, V.UINT32), *vocab_kv]
     if quantized:
         moved = ("general.quantization_version", "general.file_type")

@@ -155,6 +155,10 @@ class StreamingGGUFWriter:
         self._done.append(0)
         self.data_bytes += gguf.GGUFWriter.ggml_pad(nbytes, self._gw.data_alignment)
 
+    def parameter_count(self) -> tuple[int, int, int, int]:
+        """``GGUFWriter.get_total_parameter_count()`` of the declared tensors (total, shared, expert, experts)."""
+        return self._gw.get_total_parameter_count()
+
     # ---- writing ---------------------------------------------------------------------------------------------
     def create(self) -> None:
         """Create the temporary file next to the output (its descriptor is what :meth:`pwrite_rows` writes to,

@@ -42,8 +42,9 @@ from .hub_fetch import DownloadProgress, FetchJob, RepoFile, check_disk, fetch, 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# README.md: the model card (license, base models, name), which the quantizer writes into the GGUF's metadata
 NEEDED_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-                "chat_template.jinja", "generation_config.json")
+                "chat_template.jinja", "generation_config.json", "README.md")
 INDEX_FILE = hub_cache.INDEX_FILE
 REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".onnx_data", ".h5", ".msgpack", ".pkl")
 TIMEOUT = 10.0

@@ -420,8 +420,9 @@ SMALL_REPO = "distilldesk-test/SmolLM2-mini"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
                     "chat_template.jinja")
+MODEL_CARD = "---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M\n---\n# mini\n"
 JUNK = {"pytorch_model.bin": b"\x80\x02pickle" * 500, "model.onnx": b"onnx" * 1000, "model-Q4_0.gguf": b"GGUF" * 999,
-        "README.md": "# mini\n", ".gitattributes": "*.safetensors filter=lfs\n", "original/params.json": "{}"}
+        ".gitattributes": "*.safetensors filter=lfs\n", "original/params.json": "{}"}
 
 
 def _small_files(checkpoint: Path) -> dict[str, bytes]:
@@ -431,6 +432,7 @@ def _small_files(checkpoint: Path) -> dict[str, bytes]:
     from safetensors.numpy import save
 
     files: dict[str, bytes] = {n: (checkpoint / n).read_bytes() for n in CHECKPOINT_FILES}
+    files["README.md"] = MODEL_CARD.encode()
     rng = np.random.default_rng(5)
     a = {"model.embed_tokens.weight": rng.standard_normal((768, 1024)).astype(np.float16)}
     b = {"model.norm.weight": rng.standard_normal(576).astype(np.float16),

@@ -42,7 +42,7 @@ hub, small_files, small_repo = hub_server.hub, hub_server.small_files, hub_serve
 ROOT = Path(__file__).resolve().parents[2]
 BIG = SHARDS[1]  # the 4 MiB shard
 NEEDED = {"config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-          "generation_config.json", "chat_template.jinja", *SHARDS}
+          "generation_config.json", "chat_template.jinja", "README.md", *SHARDS}
 
 
 def repo_dir(repo_id: str = SMALL_REPO) -> Path:
@@ -405,7 +405,7 @@ def test_cli_download_files_search_and_exit_codes(small_repo, small_files, capsy
     assert main(["download", SMALL_REPO]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(repo_dir() / "snapshots" / small_repo.repos[SMALL_REPO].refs["main"])
-    assert "8 files" in err
+    assert "9 files" in err
     assert main(["download", SMALL_REPO, "--files"]) == 0
     out = capsys.readouterr().out
     assert re.search(rf"^\+ +{len(small_files[BIG]) / 1e6:.1f} MB  {BIG}$", out, re.M)
