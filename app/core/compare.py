@@ -20,15 +20,26 @@ candidate would stop there too is measured as well.  Summary figures over those 
 * ``ppl_reference`` / ``ppl_candidate``: ``exp(mean(-log p(token)))`` over the scored tokens;
 * ``top5_overlap``: mean of ``|top5_ref & top5_cand| / 5``.
 
-Memory stays bounded: logits are consumed a batch at a time, both models stepped in lockstep, never a
-``n_tokens x n_vocab`` array per model.  Both models are loaded while the metrics run (weights memory-mapped).
+One model in memory at a time, in two phases:
+
+1. **reference**: the reference answers greedily, its answer is teacher-forced and its raw float32 logits at the
+   scored rows are written to the reference store (:class:`app.core.refstore.RefStore`), then it is unloaded;
+2. **candidate**: the candidate is loaded alone, answers greedily, is teacher-forced on the reference's tokens
+   and scored batch by batch against the stored rows (:func:`app.core.logits.score_rows`).
+
+The store's key is the reference file's identity, the prompt tokens, the answer budget, the context and the
+settings that change logits, so a second comparison against the same reference and prompt skips phase 1
+(``CompareResult.reference_cached``; ``use_cache=False`` forces a fresh reference).  Before each phase the model
+must fit the memory available (:func:`check_fits`).
 """
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ContextOverflowError, GenerationCancelled, VocabMismatchError
+from .errors import CompareError, ContextOverflowError, GenerationCancelled, ModelLoadError, VocabMismatchError
 from .gguf_header import GGUFHeader, file_type_name, read_header
-from .logits import LogitSource, TokenMetrics, token_metrics
+from .load_options import LoadOptions
+from .logits import LogitSource, TokenMetrics, score_rows, summarize
+from .refstore import Entry, RefStore, file_identity, make_key
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +61,31 @@ DEFAULT_N_CTX = 2048
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress report: ``stage`` in words, ``done`` of ``total`` units (tokens or chunks)."""
+    """A progress report: ``stage`` in words, ``done`` of ``total`` units (tokens or chunks); ``phase``:
+    "reference" or "candidate" (the model in memory); ``eta_s``: seconds left in this stage, when known."""
 
     stage: str
     done: int
     total: int
+    phase: str = ""
+    eta_s: float | None = None
+
+
+class Reporter:
+    """Adds the phase and an ETA (from the pace since the stage began) to progress reports."""
+
+    def __init__(self, progress: ProgressFn | None, phase: str) -> None:
+        self._progress, self.phase = progress, phase
+        self._stage, self._t0 = "", 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        if stage != self._stage:
+            self._stage, self._t0 = stage, now
+        eta = (now - self._t0) / done * (total - done) if 0 < done <= total else None
+        self._progress(Progress(stage, done, total, self.phase, eta))
 
 
 ProgressFn = Callable[[Progress], None]
@@ -110,14 +143,8 @@ class Summary:
     ppl_candidate: float | None
 
     @classmethod
-    def of(cls, kl: np.ndarray, top1: np.ndarray, top5: np.ndarray, nll_ref: np.ndarray,
-           nll_cand: np.ndarray) -> Summary:
-        if len(kl) == 0:
-            return cls(0, None, None, None, None, None, None, None, None)
-        return cls(n_tokens=len(kl), mean_kld=float(kl.mean()), median_kld=float(np.median(kl)),
-                   p99_kld=float(np.percentile(kl, 99)), max_kld=float(kl.max()),
-                   top1_agreement=float(np.mean(top1)), top5_overlap=float(np.mean(top5)),
-                   ppl_reference=float(np.exp(np.mean(nll_ref))), ppl_candidate=float(np.exp(np.mean(nll_cand))))
+    def of(cls, m: TokenMetrics) -> Summary:
+        return cls(**summarize(m))
 
 
 @dataclass
@@ -146,6 +173,8 @@ class CompareResult:
     summary: Summary
     tokens: list[TokenRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    reference_cached: bool = False       # the reference's answer and rows came from the store (phase 1 skipped)
+    load: dict[str, Any] = field(default_factory=dict)   # the settings that change logits, as used
 
     def __getattr__(self, name: str) -> Any:          # result.mean_kld etc. read through to the summary
         if name != "summary" and name in Summary.__dataclass_fields__:
@@ -187,25 +216,14 @@ def check_comparable(ref: GGUFHeader, cand: GGUFHeader) -> list[str]:
 def score_tokens(ref: LogitSource, cand: LogitSource, tokens: Sequence[int], first: int, *,
                  cancel: threading.Event | None = None,
                  on_rows: Callable[[int], None] | None = None) -> tuple[TokenMetrics, np.ndarray]:
-    """Teacher-force ``tokens`` through both models in lockstep and score rows ``first .. len(tokens)-2``
-    (row ``i`` predicts ``tokens[i + 1]``).  Returns the per-row metrics and the row positions.  Only one batch
-    of logits per model exists at a time (views of llama.cpp's buffers)."""
-    parts: list[TokenMetrics] = []
-    ref.n_batch = cand.n_batch = min(ref.n_batch, cand.n_batch)    # same batch boundaries -> same row blocks
-    cand_rows = cand.rows(tokens, first, cancel=cancel)
-    for i0, r in ref.rows(tokens, first, cancel=cancel):
-        j0, c = next(cand_rows)
-        if i0 != j0 or r.shape != c.shape:
-            raise RuntimeError(f"the two models' logit rows are out of step (rows at {i0} {r.shape} and {j0} "
-                               f"{c.shape})")
-        parts.append(token_metrics(r, c, tokens[i0 + 1:i0 + 1 + len(r)]))
-        if on_rows is not None:
-            on_rows(i0 + len(r) - first)
-    for _ in cand_rows:      # exhaust: the generator clears the candidate's KV cache on exit
-        pass
-    merged = TokenMetrics(**{k: np.concatenate([getattr(p, k) for p in parts]) if parts else np.zeros(0)
-                             for k in TokenMetrics.__dataclass_fields__})
-    return merged, np.arange(first, first + len(merged.kl))
+    """Score ``tokens`` under two loaded models: the reference's rows ``first .. len(tokens)-2`` are copied out
+    (small sequences only: tests and checks; :func:`compare` stores them on disk instead), then the candidate is
+    scored against them by :func:`app.core.logits.score_rows`, the path compare and eval use.  Returns the
+    per-row metrics and the row positions."""
+    cand.n_batch = ref.n_batch = min(ref.n_batch, cand.n_batch)
+    rows = np.concatenate([r.copy() for _, r in ref.rows(tokens, first, cancel=cancel)])
+    m = score_rows(lambda k0, n: rows[k0:k0 + n], cand, tokens, first, cancel=cancel, on_rows=on_rows)
+    return m, np.arange(first, first + len(m.kl))
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -226,8 +244,7 @@ def token_texts(src: LogitSource, tokens: Sequence[int]) -> list[str]:
 
 
 def _greedy(engine: Any, prompt_tokens: Sequence[int], max_tokens: int, who: str,
-            on_text: Callable[[str], None] | None, progress: ProgressFn | None,
-            cancel: threading.Event | None) -> Any:
+            on_text: Callable[[str], None] | None, report: Reporter, cancel: threading.Event | None) -> Any:
     from .engine import SamplingSettings
 
     count = [0]
@@ -236,8 +253,7 @@ def _greedy(engine: Any, prompt_tokens: Sequence[int], max_tokens: int, who: str
         count[0] += 1
         if on_text is not None:
             on_text(text)
-        if progress is not None:
-            progress(Progress(f"{who} answer", min(count[0], max_tokens), max_tokens))
+        report(f"{who} answer", min(count[0], max_tokens), max_tokens)
 
     reply = engine.complete(list(prompt_tokens), settings=SamplingSettings(greedy=True, max_tokens=max_tokens,
                                                                             seed=0),
@@ -269,67 +285,168 @@ def _answer_tokens(engine: Any, reply: Any) -> list[int]:
     return toks
 
 
-def _teacher_forced(ref_eng: Any, cand_eng: Any, prompt_tokens: list[int], answer: list[int],
-                    progress: ProgressFn | None, cancel: threading.Event | None) -> tuple[TokenMetrics, list[str]]:
-    """Score the reference's answer tokens (after the prompt) under both models; also the answer tokens' texts."""
-    seq = prompt_tokens + answer
-    first = len(prompt_tokens) - 1
+def load_options(options: LoadOptions | None, threads: int | None) -> LoadOptions:
+    """The load settings of a run: ``options`` (``threads``, when given, replaces its thread count)."""
+    options = options or LoadOptions()
+    return dataclasses.replace(options, n_threads=threads) if threads is not None else options
 
-    def on_rows(done: int) -> None:
-        if progress is not None:
-            progress(Progress("scoring", done, len(answer)))
 
-    with LogitSource(ref_eng.llama) as rs, LogitSource(cand_eng.llama) as cs:
-        m, _ = score_tokens(rs, cs, seq, first, cancel=cancel, on_rows=on_rows)
-        return m, token_texts(rs, answer)
+def logit_settings(options: LoadOptions) -> dict[str, Any]:
+    """What a stored reference must share with the candidate's run: the settings that change logits, as they
+    are really used (``auto`` decided as the Engine decides it), and whether layers are offloaded."""
+    from .engine import resolve_attention
+
+    fa, kv = resolve_attention(options, offloaded=bool(options.n_gpu_layers))
+    return {**options.logit_key(), "flash_attn": fa, "kv_cache_type": kv, "gpu": bool(options.n_gpu_layers),
+            "devices": list(options.devices), "rpc": bool(options.rpc_workers)}
+
+
+def check_fits(info: GGUFHeader, role: str, options: LoadOptions) -> None:
+    """Refuse, before loading, a model that does not fit the memory available now (CPU loads; with GPU offload
+    llama.cpp checks the device memory itself).  The message names the ways out."""
+    from .llama_runtime import available_memory
+    from .units import format_size
+
+    avail = available_memory()
+    need = info.file_size
+    if options.n_gpu_layers or avail is None or need <= avail:
+        return
+    ways = ["offload layers to a GPU (GPU layers in Settings, or --gpu-layers)"]
+    if role == "reference" and file_type_name(info.file_type) in ("F16", "BF16", "F32"):
+        ways.append("use a Q8_0 of the model as the reference (its mean KL against F16 is usually below 0.001, "
+                    "so the figures barely move)")
+    ways += ["use a smaller context (Settings, or --ctx)", "close other programs"]
+    raise ModelLoadError(f"the {role} {info.path.name} needs {format_size(need)} of memory but only "
+                         f"{format_size(avail)} is available: " + "; or ".join(ways))
+
+
+def _reference_phase(path: Path, options: LoadOptions, n_ctx: int, prompt_tokens: list[int], budget: int,
+                     store: RefStore, key: str, on_text: Callable[[str], None] | None, report: Reporter,
+                     cancel: threading.Event | None) -> Entry:
+    """Phase 1: the reference alone answers, is teacher-forced on its answer, and its raw logits at the scored
+    rows go to the store (written under a temporary name; cancel leaves nothing)."""
+    from .engine import Engine
+
+    with Engine(path, n_ctx=n_ctx, options=options) as eng:
+        reply = _greedy(eng, prompt_tokens, budget, "reference", on_text, report, cancel)
+        answer = _answer_tokens(eng, reply)[:eng.n_ctx - len(prompt_tokens)]
+        seq, first = prompt_tokens + answer, len(prompt_tokens) - 1
+        meta: dict[str, Any] = {"kind": "compare", "reference": str(path)}
+        with store.writing(key, meta) as folder, LogitSource(eng.llama) as src:
+            with open(folder / "rows.f32", "wb") as fh:
+                for i0, r in src.rows(seq, first, cancel=cancel):
+                    fh.write(np.ascontiguousarray(r, dtype="<f4").tobytes())
+                    report("reference distributions", i0 + len(r) - first, len(answer))
+            meta.update(text=reply.text, tokens=list(reply.tokens), finish=reply.finish_reason, answer=answer,
+                        texts=token_texts(src, answer), n_vocab=src.n_vocab, n_batch=src.n_batch, n_ctx=eng.n_ctx)
+    return store.get(key) or Entry(folder, meta)
+
+
+def _stored_rows(entry: Entry) -> tuple[Any, int] | None:
+    """The store's rows file (opened) and its row width, or None when it is missing or not the size it says."""
+    m, f = entry.meta, entry.file("rows.f32")
+    try:
+        if f.stat().st_size != 4 * int(m["n_vocab"]) * len(m["answer"]):
+            return None
+        return open(f, "rb"), int(m["n_vocab"])  # noqa: SIM115 - closed by the caller
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _candidate_phase(path: Path, options: LoadOptions, n_ctx: int, prompt_tokens: list[int], budget: int,
+                     entry: Entry, fh: Any, on_text: Callable[[str], None] | None, report: Reporter,
+                     cancel: threading.Event | None) -> tuple[Any, TokenMetrics]:
+    """Phase 2: the candidate alone answers, then is scored on the reference's tokens against the stored rows."""
+    from .engine import Engine
+
+    answer, n_vocab = entry.meta["answer"], int(entry.meta["n_vocab"])
+    seq, first = prompt_tokens + answer, len(prompt_tokens) - 1
+
+    def ref_rows(k0: int, n: int) -> np.ndarray:
+        fh.seek(4 * n_vocab * k0)
+        return np.fromfile(fh, dtype="<f4", count=n * n_vocab).reshape(n, n_vocab)
+
+    with Engine(path, n_ctx=n_ctx, options=options) as eng:
+        reply = _greedy(eng, prompt_tokens, budget, "candidate", on_text, report, cancel)
+        with LogitSource(eng.llama, n_batch=int(entry.meta["n_batch"])) as src:
+            m = score_rows(ref_rows, src, seq, first, cancel=cancel,
+                           on_rows=lambda done: report("scoring", done, len(answer)))
+    return reply, m
 
 
 def compare(reference: str | Path, candidate: str | Path, prompt: str, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-            n_ctx: int = DEFAULT_N_CTX, threads: int | None = None, progress: ProgressFn | None = None,
+            n_ctx: int = DEFAULT_N_CTX, threads: int | None = None, options: LoadOptions | None = None,
+            use_cache: bool = True, store: RefStore | None = None, progress: ProgressFn | None = None,
             cancel: threading.Event | None = None, on_reference_text: Callable[[str], None] | None = None,
             on_candidate_text: Callable[[str], None] | None = None) -> CompareResult:
     """Compare ``candidate`` with ``reference`` on ``prompt`` (a user message).  See the module docstring.
 
-    ``on_reference_text``/``on_candidate_text`` receive the answers' text as it streams.  Raises
+    ``options``: the load settings of both phases (``threads`` replaces its thread count).  ``use_cache=False``
+    computes the reference afresh (and stores it).  ``on_reference_text``/``on_candidate_text`` receive the
+    answers' text as it streams (a stored reference's text arrives in one piece).  Raises
     :class:`~app.core.errors.VocabMismatchError` (different vocabularies),
     :class:`~app.core.errors.ContextOverflowError` (the prompt does not fit in ``n_ctx``),
-    :class:`~app.core.errors.ModelLoadError` (missing, non-GGUF, truncated, unsupported architecture) and
-    :class:`~app.core.errors.GenerationCancelled` when ``cancel`` is set.
+    :class:`~app.core.errors.ModelLoadError` (missing, non-GGUF, truncated, unsupported architecture, does not fit
+    the memory available) and :class:`~app.core.errors.GenerationCancelled` when ``cancel`` is set.
     """
     from .engine import Engine, Message
+    from .llama_runtime import context_size
     from .thinking import split_reasoning
 
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
+    if not prompt.strip():
+        raise CompareError("the prompt is empty: type the message both models should answer")
+    options = load_options(options, threads)
     ref_info, cand_info = read_header(reference), read_header(candidate)
     warnings = check_comparable(ref_info, cand_info)
-    with Engine(reference, n_ctx=n_ctx, n_threads=threads) as ref_eng:
-        prep = ref_eng.render_tokens([Message("user", prompt)])
-        prompt_tokens = list(prep.tokens)
-        if len(prompt_tokens) >= ref_eng.n_ctx:          # not even one answer token would fit
-            raise ContextOverflowError(
-                f"the prompt takes {len(prompt_tokens)} tokens but the context holds {ref_eng.n_ctx}: shorten the "
-                f"prompt or raise the context size (--ctx)")
-        ref_n_ctx = ref_eng.n_ctx
-        budget = min(max_tokens, ref_n_ctx - len(prompt_tokens))
-        ref_reply = _greedy(ref_eng, prompt_tokens, budget, "reference", on_reference_text, progress, cancel)
-        ref_answer = _answer_tokens(ref_eng, ref_reply)[:ref_eng.n_ctx - len(prompt_tokens)]
-        with Engine(candidate, n_ctx=n_ctx, n_threads=threads) as cand_eng:
-            cand_reply = _greedy(cand_eng, prompt_tokens, budget, "candidate", on_candidate_text, progress,
-                                 cancel)
-            m, texts = _teacher_forced(ref_eng, cand_eng, prompt_tokens, ref_answer, progress, cancel)
+    ctx = context_size(n_ctx, int(ref_info.arch_value("context_length", 0) or 0))
+    with Engine(reference, n_ctx=n_ctx, vocab_only=True) as voc:       # the prompt's tokens, without the weights
+        prep = voc.render_tokens([Message("user", prompt)])
+    prompt_tokens = list(prep.tokens)
+    if len(prompt_tokens) >= ctx:          # not even one answer token would fit
+        raise ContextOverflowError(
+            f"the prompt takes {len(prompt_tokens)} tokens but the context holds {ctx}: shorten the "
+            f"prompt or raise the context size (--ctx)")
+    budget = min(max_tokens, ctx - len(prompt_tokens))
+    load = logit_settings(options)
+    store = store or RefStore()
+    key = make_key(kind="compare", ref=file_identity(reference), prompt=prompt_tokens, budget=budget, n_ctx=ctx,
+                   load=load, version=1)
+    entry = store.get(key) if use_cache else None
+    opened = _stored_rows(entry) if entry is not None else None
+    cached = opened is not None
+    if not cached:
+        check_fits(ref_info, "reference", options)
+        entry = _reference_phase(Path(reference), options, n_ctx, prompt_tokens, budget, store, key,
+                                 on_reference_text, Reporter(progress, "reference"), cancel)
+        opened = _stored_rows(entry)
+        if opened is None:
+            raise CompareError(f"the stored reference in {entry.folder} could not be read back: check the disk "
+                               "(space, permissions) and compare again")
+    else:
+        log.info("compare: using the stored reference %s", entry.folder.name)
+        if on_reference_text is not None and entry.meta["text"]:
+            on_reference_text(entry.meta["text"])
+    fh, _ = opened
+    with fh:
+        check_fits(cand_info, "candidate", options)
+        cand_reply, m = _candidate_phase(Path(candidate), options, n_ctx, prompt_tokens, budget, entry, fh,
+                                         on_candidate_text, Reporter(progress, "candidate"), cancel)
+    meta = entry.meta
+    answer, texts = meta["answer"], meta["texts"]
     records = [TokenRecord(index=k, token=int(t), text=texts[k], kl=float(m.kl[k]), top1_match=bool(m.top1[k]),
                            top5_overlap=float(m.top5[k]), p_ref=float(m.p_ref[k]), p_cand=float(m.p_cand[k]))
-               for k, t in enumerate(ref_answer)]
+               for k, t in enumerate(answer)]
     opens = prep.starts_in_reasoning
-    rs_split = split_reasoning(ref_reply.text, starts_in_reasoning=opens)
+    rs_split = split_reasoning(meta["text"], starts_in_reasoning=opens)
     cs_split = split_reasoning(cand_reply.text, starts_in_reasoning=opens)
     return CompareResult(
-        reference=ModelSummary.of(ref_info), candidate=ModelSummary.of(cand_info), prompt=prompt, n_ctx=ref_n_ctx,
-        prompt_tokens=list(prompt_tokens), reference_text=ref_reply.text, candidate_text=cand_reply.text,
-        reference_reasoning=rs_split.reasoning, reference_answer=rs_split.answer,
+        reference=ModelSummary.of(ref_info), candidate=ModelSummary.of(cand_info), prompt=prompt,
+        n_ctx=int(meta["n_ctx"]), prompt_tokens=list(prompt_tokens), reference_text=meta["text"],
+        candidate_text=cand_reply.text, reference_reasoning=rs_split.reasoning, reference_answer=rs_split.answer,
         candidate_reasoning=cs_split.reasoning, candidate_answer=cs_split.answer,
-        reference_finish=ref_reply.finish_reason, candidate_finish=cand_reply.finish_reason,
-        reference_tokens=list(ref_reply.tokens), candidate_tokens=list(cand_reply.tokens),
-        first_divergence=first_divergence(ref_reply.tokens, cand_reply.tokens),
-        summary=Summary.of(m.kl, m.top1, m.top5, m.nll_ref, m.nll_cand), tokens=records, warnings=warnings)
+        reference_finish=meta["finish"], candidate_finish=cand_reply.finish_reason,
+        reference_tokens=list(meta["tokens"]), candidate_tokens=list(cand_reply.tokens),
+        first_divergence=first_divergence(meta["tokens"], cand_reply.tokens), summary=Summary.of(m),
+        tokens=records, warnings=warnings, reference_cached=cached, load=load)

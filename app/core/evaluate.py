@@ -11,10 +11,15 @@ Per candidate (definitions in :mod:`app.core.compare` / :func:`app.core.logits.t
 per weight (``tensor data bytes * 8 / parameters``, from the GGUF header), perplexity ``exp(mean NLL)``,
 ``delta_ppl = ppl - ppl_reference``, mean/median/p99/max KL(P_ref || P_cand), top-1 agreement, top-5 overlap.
 
-The reference's logits are computed once per batch of each chunk and every candidate is compared with them in
-lockstep (views of llama.cpp's buffers; nothing wider than one batch is kept), so all models are loaded (memory
-mapped) at the same time.  Results are saved per (reference, candidate) pair under ``data_dir()/eval/`` -- see
-:func:`load_saved_rows`.
+One model in memory at a time, as llama.cpp's ``--kl-divergence`` does it: phase 1 runs the reference alone over
+the chunks and writes its distributions in llama-perplexity's ``--kl-divergence-base`` file format to the
+reference store (:mod:`app.core.refstore`; keyed by the reference file, the text, the chunking and the settings
+that change logits, so a second ladder does not run the reference again); phase 2 loads each candidate alone and
+scores it against that file, block by block (:func:`app.core.logits.score_rows`: KL sums skip the terms with
+log p_ref <= -16 and the reference's log-probabilities are the file's 16-bit levels, exactly as llama.cpp).  The
+base file can be written out (``save_base``) for ``llama-perplexity --kl-divergence``, or one llama-perplexity
+wrote can be used instead of a reference model (``base``).  Results are saved per (reference, candidate) pair
+under ``data_dir()/eval/`` -- see :func:`load_saved_rows`.
 """
 from __future__ import annotations
 
@@ -23,26 +28,30 @@ import hashlib
 import io
 import json
 import logging
+import os
+import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .compare import Progress, ProgressFn, check_comparable
-from .errors import CompareError, GenerationCancelled
+from .compare import ProgressFn, Reporter, check_comparable, check_fits, load_options, logit_settings
+from .errors import CompareError
 from .gguf_header import GGUFHeader, file_type_name, read_header
-from .logits import LogitSource, token_metrics
+from .load_options import LoadOptions
+from .logits import LogitSource, TokenMetrics, merge, score_rows, summarize
 from .paths import data_dir, resources_dir
+from .refstore import BaseFile, BaseFileError, BaseWriter, Entry, RefStore, decode_rows, file_identity, make_key
 from .units import format_size
 
 log = logging.getLogger(__name__)
 
 SAMPLE_TEXT = "eval/sample.txt"
+BASE_NAME = "base.kld"
 
 
 @dataclass
@@ -69,8 +78,9 @@ class EvalRow:
     n_ctx: int
     text: str              # file name of the text ("sample.txt" for the built-in one)
     text_sha256: str
-    reference: str         # path of the reference
+    reference: str         # path of the reference (or of the base file used instead)
     evaluated_at: float    # unix time
+    reference_cached: bool = False     # the reference's distributions came from the store
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,115 +154,169 @@ def _bos(llm: Any) -> int | None:
     return int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
 
 
-class _Acc:
-    """Per-candidate accumulator of per-token values (floats per token: bounded by the text, not the vocab)."""
-
-    def __init__(self) -> None:
-        self.kl: list[np.ndarray] = []
-        self.top1: list[np.ndarray] = []
-        self.top5: list[np.ndarray] = []
-        self.nll: list[np.ndarray] = []
-
-    def cat(self, name: str) -> np.ndarray:
-        return np.concatenate(getattr(self, name))
-
-
-def _row(info: GGUFHeader, acc: _Acc | None, ref_nll: np.ndarray, common: dict[str, Any]) -> EvalRow:
-    ppl_ref = float(np.exp(ref_nll.mean()))
-    if acc is None:          # the reference itself
-        kl, top1, top5, ppl = np.zeros(len(ref_nll)), np.ones(len(ref_nll)), np.ones(len(ref_nll)), ppl_ref
+def _row(info: GGUFHeader | None, base: Path, m: TokenMetrics, nll_ref: np.ndarray,
+         common: dict[str, Any]) -> EvalRow:
+    """A ladder row: a candidate's (``m`` its metrics) or, with ``m`` None, the reference's own (KL 0, top-1
+    1.0, perplexity from the base file's levels: llama-perplexity's "PPL(base)")."""
+    ppl_ref = float(np.exp(nll_ref.mean()))
+    if m is None:
+        n = len(nll_ref)
+        figures = dict(mean_kld=0.0, median_kld=0.0, p99_kld=0.0, max_kld=0.0, top1_agreement=1.0, top5_overlap=1.0,
+                       ppl_candidate=ppl_ref, n_tokens=n)
     else:
-        kl, top1, top5, ppl = acc.cat("kl"), acc.cat("top1"), acc.cat("top5"), float(np.exp(acc.cat("nll").mean()))
-    return EvalRow(path=str(info.path), name=info.name, file_type=file_type_name(info.file_type),
-                   size_bytes=info.size_bytes, n_params=info.n_params, bits_per_weight=round(info.bits_per_weight, 4),
-                   is_reference=acc is None, ppl=ppl, delta_ppl=ppl - ppl_ref, mean_kld=float(kl.mean()),
-                   median_kld=float(np.median(kl)), p99_kld=float(np.percentile(kl, 99)), max_kld=float(kl.max()),
-                   top1_agreement=float(top1.mean()), top5_overlap=float(top5.mean()), n_tokens=len(ref_nll),
-                   **common)
+        figures = summarize(m)
+    if info is not None:
+        facts = dict(path=str(info.path), name=info.name, file_type=file_type_name(info.file_type),
+                     size_bytes=info.size_bytes, n_params=info.n_params,
+                     bits_per_weight=round(info.bits_per_weight, 4))
+    else:                  # a base file without its model (eval --base)
+        facts = dict(path=str(base), name=base.name, file_type="base file", size_bytes=base.stat().st_size,
+                     n_params=0, bits_per_weight=0.0)
+    return EvalRow(**facts, is_reference=m is None, ppl=figures["ppl_candidate"],
+                   delta_ppl=figures["ppl_candidate"] - ppl_ref, mean_kld=figures["mean_kld"],
+                   median_kld=figures["median_kld"], p99_kld=figures["p99_kld"], max_kld=figures["max_kld"],
+                   top1_agreement=figures["top1_agreement"], top5_overlap=figures["top5_overlap"],
+                   n_tokens=figures["n_tokens"], **common)
 
 
-def _chunks_with_progress(chunks: list[list[int]], progress: ProgressFn | None) -> Iterator[list[int]]:
-    for ci, chunk in enumerate(chunks):
-        if progress is not None:
-            progress(Progress("evaluating", ci, len(chunks)))
-        yield chunk
+def _reference_phase(path: Path, content: str, n_ctx: int, n_chunks: int | None, options: LoadOptions,
+                     store: RefStore, key: str, report: Reporter, cancel: threading.Event | None) -> Entry:
+    """Phase 1: the reference alone over the chunks, its rows written as llama-perplexity's base file into a
+    store entry (a temporary folder until complete: cancel leaves nothing)."""
+    from .engine import Engine
+
+    with Engine(path, n_ctx=n_ctx, options=options) as eng:
+        llm = eng.llama
+        tokens = llm.tokenize(content.encode("utf-8"), add_bos=True, special=False)
+        chunks = make_chunks(tokens, n_ctx, n_chunks, _bos(llm))
+        meta: dict[str, Any] = {"kind": "eval", "reference": str(path)}
+        with store.writing(key, meta) as folder, LogitSource(eng.llama) as src:
+            with open(folder / BASE_NAME, "wb") as fh:
+                w = BaseWriter(fh, n_ctx, src.n_vocab, np.asarray(tokens[:len(chunks) * n_ctx]))
+                for ci, chunk in enumerate(chunks):
+                    report("reference", ci, len(chunks))
+                    for _, r in src.rows(chunk, n_ctx // 2, cancel=cancel, decode_last=True):
+                        w.write_rows(r)
+                report("reference", len(chunks), len(chunks))
+            meta.update(n_chunks=len(chunks), n_ctx=n_ctx)
+    return store.get(key) or Entry(folder, meta)
 
 
-def _score_chunk(srcs: Sequence[LogitSource], accs: Sequence[_Acc], chunk: list[int], first: int,
-                 cancel: threading.Event | None) -> list[np.ndarray]:
-    """One chunk through the reference (``srcs[0]``) and every candidate in lockstep, batch by batch: the
-    reference's logits (a view of its llama.cpp buffer) are computed once and compared with each candidate's.
-    Appends to the candidates' accumulators; returns the reference's NLL per batch."""
-    ref_nll = []
-    gens = [s.rows(chunk, first, cancel=cancel) for s in srcs[1:]]
-    for i0, r in srcs[0].rows(chunk, first, cancel=cancel):
-        targets = chunk[i0 + 1:i0 + 1 + len(r)]
-        for g, acc in zip(gens, accs, strict=True):
-            _, c = next(g)
-            m = token_metrics(r, c, targets)
-            acc.kl.append(m.kl)
-            acc.top1.append(m.top1)
-            acc.top5.append(m.top5)
-            acc.nll.append(m.nll_cand)
-        ref_nll.append(m.nll_ref)
-    for g in gens:            # exhaust: each generator clears its model's KV cache on exit
-        for _ in g:
-            pass
-    return ref_nll
+def _base_nll(bf: BaseFile) -> np.ndarray:
+    """The reference's NLL of each scored token, from the base file (llama.cpp's ``nll_base``)."""
+    out, info = [], bf.info
+    for c in range(info.n_chunk):
+        toks = bf.tokens[c * info.n_ctx + info.first + 1:(c + 1) * info.n_ctx]
+        for a in range(0, info.rows_per_chunk, 64):
+            rows = bf.rows(c, a, min(64, info.rows_per_chunk - a))
+            lp, _ = decode_rows(rows, info.n_vocab)
+            out.append(-lp[np.arange(len(rows)), toks[a:a + len(rows)]].astype(np.float64))
+    return np.concatenate(out)
 
 
-def eval_ladder(reference: str | Path, candidates: Sequence[str | Path], text: str | Path | None = None, *,
-                n_ctx: int = 512, n_chunks: int | None = None, threads: int | None = None,
+def _candidate_phase(path: Path, bf: BaseFile, options: LoadOptions, report: Reporter,
+                     cancel: threading.Event | None) -> TokenMetrics:
+    """Phase 2: one candidate alone over the base file's chunks, scored against its rows."""
+    from .engine import Engine
+
+    info = bf.info
+    with Engine(path, n_ctx=info.n_ctx, options=options) as eng, LogitSource(eng.llama) as src:
+        if src.n_vocab != info.n_vocab:
+            raise BaseFileError(f"{bf.path.name} was made with a vocabulary of {info.n_vocab} tokens and "
+                                f"{path.name} has {src.n_vocab}: they are different models; use the base file "
+                                "of the model the candidate was made from")
+        bos, parts = _bos(eng.llama), []
+        for c in range(info.n_chunk):
+            report("candidate", c, info.n_chunk)
+            chunk = bf.chunk_tokens(c)
+            if bos is not None:
+                chunk[0] = bos
+            parts.append(score_rows(lambda k0, n, c=c: bf.rows(c, k0, n), src, chunk, info.first,
+                                    n_vocab=info.n_vocab, cancel=cancel, decode_last=True))
+        report("candidate", info.n_chunk, info.n_chunk)
+    return merge(parts)
+
+
+def eval_ladder(reference: str | Path | None, candidates: Sequence[str | Path], text: str | Path | None = None,
+                *, n_ctx: int = 512, n_chunks: int | None = None, threads: int | None = None,
+                options: LoadOptions | None = None, use_cache: bool = True, store: RefStore | None = None,
+                base: str | Path | None = None, save_base: str | Path | None = None,
                 progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                 save: bool = True) -> list[EvalRow]:
     """Evaluate ``candidates`` against ``reference`` over ``text`` (module docstring).  Returns the reference's
-    row first, then one row per candidate in the order given; with ``save`` each candidate's row is stored (see
-    :func:`load_saved_rows`).
+    row first, then one row per candidate in the order given; with ``save`` every row is stored (see
+    :func:`load_saved_rows`).  ``base``: a llama-perplexity base file used instead of running a reference
+    (``reference`` may then be None; its text and chunking are the file's).  ``save_base``: also write the
+    reference's base file there.  ``use_cache=False`` runs the reference afresh.  ``options``: the load settings
+    of every model (``threads`` replaces its thread count).
 
     Raises :class:`~app.core.errors.VocabMismatchError`, :class:`~app.core.errors.ModelLoadError`,
-    :class:`~app.core.errors.CompareError` (text shorter than one chunk), and
-    :class:`~app.core.errors.GenerationCancelled` when ``cancel`` is set.
+    :class:`~app.core.errors.CompareError` (text shorter than one chunk; :class:`~app.core.refstore.BaseFileError`
+    for an unreadable base file), and :class:`~app.core.errors.GenerationCancelled` when ``cancel`` is set.
     """
-    from .engine import Engine
-
-    if not candidates:
+    if not candidates and save_base is None:
         raise CompareError("no candidate models given: name at least one GGUF to compare with the reference")
     if n_ctx < 8:
         raise CompareError(f"a context of {n_ctx} tokens is too small to evaluate: use at least 8 (512 is usual)")
-    content, text_name = load_text(text)
-    ref_info = read_header(reference)
+    options = load_options(options, threads)
+    ref_info = read_header(reference) if reference is not None else None
     cand_infos = [read_header(c) for c in candidates]
-    for ci in cand_infos:
-        check_comparable(ref_info, ci)
-    first = n_ctx // 2
-    with ExitStack() as stack:
-        engines = [stack.enter_context(Engine(p, n_ctx=n_ctx, n_threads=threads))
-                   for p in [reference, *candidates]]
-        ref_llm = engines[0].llama
-        tokens = ref_llm.tokenize(content.encode("utf-8"), add_bos=True, special=False)
-        chunks = make_chunks(tokens, n_ctx, n_chunks, _bos(ref_llm))
-        srcs = [stack.enter_context(LogitSource(e.llama)) for e in engines]
-        nb = min(s.n_batch for s in srcs)
-        for s in srcs:
-            s.n_batch = nb
-        accs = [_Acc() for _ in candidates]
-        t0 = time.perf_counter()
-        ref_nll = [_score_chunk(srcs, accs, chunk, first, cancel) for chunk in _chunks_with_progress(chunks, progress)]
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("evaluation cancelled")
-        log.info("eval: %d chunks x %d models in %.1f s", len(chunks), len(engines), time.perf_counter() - t0)
-    if progress is not None:
-        progress(Progress("evaluating", len(chunks), len(chunks)))
-    common = dict(n_chunks=len(chunks), n_ctx=n_ctx, text=text_name,
-                  text_sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(), reference=str(ref_info.path),
-                  evaluated_at=time.time())
-    nll = np.concatenate([x for chunk in ref_nll for x in chunk])
-    rows = [_row(ref_info, None, nll, common)]
-    rows += [_row(ci, acc, nll, common) for ci, acc in zip(cand_infos, accs, strict=True)]
-    if save:
-        for ci, row in zip(cand_infos, rows[1:], strict=True):
-            save_row(ref_info, ci, row)
-    return rows
+    if ref_info is not None:
+        for ci in cand_infos:
+            check_comparable(ref_info, ci)
+    t0 = time.perf_counter()
+    cached = False
+    if base is not None:
+        base_path, text_name, text_sha = Path(base), Path(base).name, ""
+        BaseFile(base_path).close()                 # refuse a bad file before loading any model
+    else:
+        if ref_info is None:
+            raise CompareError("no reference: give the reference GGUF, or a base file (--base)")
+        content, text_name = load_text(text)
+        text_sha = hashlib.sha256(content.encode("utf-8")).hexdigest()
+        content = content[:-1] if content.endswith("\n") else content     # as llama-perplexity -f reads it
+        store = store or RefStore()
+        key = make_key(kind="eval", ref=file_identity(ref_info.path), text=text_sha, n_ctx=n_ctx, n_chunks=n_chunks,
+                       load=logit_settings(options), version=1)
+        entry = store.get(key) if use_cache else None
+        cached = entry is not None and entry.file(BASE_NAME).exists()
+        if not cached:
+            check_fits(ref_info, "reference", options)
+            entry = _reference_phase(ref_info.path, content, n_ctx, n_chunks, options, store, key,
+                                     Reporter(progress, "reference"), cancel)
+        base_path = entry.file(BASE_NAME)
+        if save_base is not None:
+            _copy_atomic(base_path, Path(save_base))
+    rows, ref_nll = [], None
+    with BaseFile(base_path) as bf:
+        for info in cand_infos:
+            check_fits(info, "candidate", options)
+            m = _candidate_phase(info.path, bf, options, Reporter(progress, "candidate"), cancel)
+            rows.append((info, m))
+        ref_nll = _base_nll(bf)
+        n_chunk, n_ctx = bf.info.n_chunk, bf.info.n_ctx
+    log.info("eval: %d chunks x %d candidates in %.1f s (reference %s)", n_chunk, len(cand_infos),
+             time.perf_counter() - t0, "stored" if cached else "computed")
+    common = dict(n_chunks=n_chunk, n_ctx=n_ctx, text=text_name, text_sha256=text_sha,
+                  reference=str(ref_info.path if ref_info is not None else base_path), evaluated_at=time.time(),
+                  reference_cached=cached)
+    out = [_row(ref_info, base_path, None, ref_nll, common)]
+    out += [_row(info, base_path, m, ref_nll, common) for info, m in rows]
+    if save and ref_info is not None:
+        save_row(ref_info, ref_info, out[0])
+        for info, row in zip(cand_infos, out[1:], strict=True):
+            save_row(ref_info, info, row)
+    return out
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.partial")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---- saved results ------------------------------------------------------------------------------------------
@@ -277,7 +341,8 @@ def save_row(ref: GGUFHeader, cand: GGUFHeader, row: EvalRow) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{file_key(cand.path)}.json"
     runs = _read_runs(path)
-    runs[f"{row.text_sha256[:16]}-{row.n_ctx}-{row.n_chunks}"] = row.to_dict()
+    role = "ref-" if row.is_reference else ""          # the reference's own row next to it as a candidate
+    runs[f"{role}{row.text_sha256[:16]}-{row.n_ctx}-{row.n_chunks}"] = row.to_dict()
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"reference": str(ref.path), "candidate": str(cand.path), "runs": runs}, indent=1),
                    encoding="utf-8")
@@ -296,10 +361,12 @@ def _read_runs(path: Path) -> dict[str, Any]:
         return {}
 
 
-def load_saved_rows(reference: str | Path, candidate: str | Path | None = None) -> list[EvalRow]:
-    """Saved eval rows of the reference's candidates (or of one candidate), newest first.  Only results made
-    with the files as they are now count (same name, size and mtime; a candidate that was deleted or re-made is
-    left out).  Unreadable files are skipped.  Returns ``[]`` when there is nothing saved."""
+def load_saved_rows(reference: str | Path, candidate: str | Path | None = None, *,
+                    include_reference: bool = False) -> list[EvalRow]:
+    """Saved eval rows of the reference's candidates (or of one candidate), newest first; with
+    ``include_reference`` the reference's own rows too (``is_reference``).  Only results made with the files as
+    they are now count (same name, size and mtime; a candidate that was deleted or re-made is left out).
+    Unreadable files are skipped.  Returns ``[]`` when there is nothing saved."""
     folder = eval_dir() / file_key(reference)
     paths = [folder / f"{file_key(candidate)}.json"] if candidate is not None else sorted(folder.glob("*.json"))
     rows = []
@@ -311,6 +378,6 @@ def load_saved_rows(reference: str | Path, candidate: str | Path | None = None) 
             except (TypeError, OSError) as e:
                 log.debug("skipping a saved eval row in %s: %s", p, e)
                 continue
-            if current:
+            if current and (include_reference or not row.is_reference):
                 rows.append(row)
     return sorted(rows, key=lambda r: -r.evaluated_at)
