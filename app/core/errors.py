@@ -27,6 +27,18 @@ class GpuUnavailableError(EngineError):
     """GPU layers were asked for but this llama.cpp build has no GPU offload."""
 
 
+class DeviceError(EngineError, ValueError):
+    """A device setting names no device that exists (or a GPU module cannot be loaded)."""
+
+
+class WorkerUnreachableError(EngineError, ConnectionError):
+    """An RPC worker (``distilldesk worker``) cannot be reached or is not a compatible worker (names the endpoint)."""
+
+
+class WorkerLostError(EngineError, ConnectionError):
+    """An RPC worker went away while a model ran on it (names the endpoint); the model must be loaded again."""
+
+
 class ContextOverflowError(EngineError, ValueError):
     """The prompt does not fit in the context window."""
 
@@ -50,6 +62,15 @@ class CompareError(DistillDeskError, ValueError):
 
 class VocabMismatchError(CompareError):
     """Reference and candidate use different vocabularies: they are not quantizations of the same model."""
+
+
+# ---- probes ---------------------------------------------------------------------------------------------------
+class ProbeSetError(DistillDeskError, ValueError):
+    """A probe set file is not valid (the message names the file and line and what to fix)."""
+
+
+class ProbeRunError(DistillDeskError, RuntimeError):
+    """A probe run cannot go on (its stored state does not match, or decoding failed)."""
 
 
 # ---- hub / downloads ------------------------------------------------------------------------------------------
@@ -92,3 +113,16 @@ class HistoryError(DistillDeskError, RuntimeError):
 
 class CorruptHistoryError(HistoryError):
     """The history database was corrupt; it has been set aside (the message names where)."""
+
+
+# ---- importance matrix ----------------------------------------------------------------------------------------
+class ImatrixError(DistillDeskError, RuntimeError):
+    """Computing an importance matrix failed."""
+
+
+class CalibrationTextError(ImatrixError, ValueError):
+    """The calibration text cannot be used (too short for one chunk, unreadable, empty)."""
+
+
+class ImatrixCancelled(ImatrixError):
+    """The user cancelled the importance-matrix run (no file is left behind)."""
