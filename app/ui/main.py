@@ -60,6 +60,9 @@ def run_gui(demo: bool = False) -> int:
     app = ensure_app()
     win = create_main_window()
     install_excepthook(lambda: win)
+    from .geometry_probe import install_from_env
+
+    install_from_env(win)  # end-to-end tests only: nothing happens unless DISTILLDESK_TEST_GEOMETRY_FILE is set
     win.show()
     if demo:
         win.start_demo(chat=True)
