@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Any
 
+from app.commands import _args as A
 from app.core.compare import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX, CompareResult
 
 
@@ -16,14 +17,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "(llama-perplexity --kl-divergence definitions, over the answer tokens).")
     p.add_argument("reference", metavar="REF.gguf", help="reference model (F16/BF16/Q8_0)")
     p.add_argument("candidate", metavar="CAND.gguf", help="candidate model (a quantization of the reference)")
-    p.add_argument("--prompt", required=True, help="the user message both models answer")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+    p.add_argument("--prompt", required=True, type=A.prompt, help="the user message both models answer")
+    p.add_argument("--max-tokens", type=A.positive_int, default=DEFAULT_MAX_TOKENS, metavar="N",
                    help=f"most answer tokens per model (default {DEFAULT_MAX_TOKENS})")
-    p.add_argument("--ctx", type=int, default=DEFAULT_N_CTX, metavar="N",
+    p.add_argument("--ctx", type=A.context_size, default=DEFAULT_N_CTX, metavar="N",
                    help=f"context window in tokens (default {DEFAULT_N_CTX})")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: llama.cpp's)")
+    add_load_arguments(p)
+    p.add_argument("--no-cache", action="store_true",
+                   help="compute the reference afresh instead of using its stored answer and distributions")
     p.add_argument("--json", action="store_true", help="print the result as JSON (per-token records included)")
     return p
+
+
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """The load settings every model load of compare/eval takes (both phases, every candidate)."""
+    from app.core.load_options import FLASH_ATTN_CHOICES, KV_CACHE_TYPES
+
+    p.add_argument("--threads", type=A.threads, default="auto", metavar="N",
+                   help="CPU threads (default: the physical cores)")
+    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+                   help="layers to offload to the GPU, -1 = all (default 0; needs a GPU build)")
+    p.add_argument("--flash-attn", choices=FLASH_ATTN_CHOICES, default="auto",
+                   help="flash attention (default auto: on with GPU offload, off on the CPU); figures differ "
+                        "slightly with it on, so stored references are never mixed across it")
+    p.add_argument("--kv-type", choices=KV_CACHE_TYPES, default="f16",
+                   help="KV cache type (default f16; q8_0 halves its memory for long reasoning, needs flash "
+                        "attention)")
+
+
+def options_from_args(args: argparse.Namespace) -> Any:
+    from app.core.load_options import LoadOptions
+
+    return LoadOptions(n_threads=args.threads, n_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
+                       kv_cache_type=args.kv_type)
 
 
 def _stream(title: str) -> Any:
@@ -39,6 +65,15 @@ def _stream(title: str) -> Any:
     return show
 
 
+def _progress(p: Any) -> None:
+    """Phase, stage and ETA on stderr (a terminal only; the answers stream on stdout)."""
+    if not sys.stderr.isatty() or "answer" in p.stage:
+        return
+    eta = f", about {p.eta_s:.0f} s left" if p.eta_s is not None and p.done < p.total else ""
+    end = "\n" if p.done >= p.total else ""
+    print(f"\r{p.phase}: {p.stage} {p.done}/{p.total}{eta}   ", end=end, file=sys.stderr, flush=True)
+
+
 def format_summary(r: CompareResult) -> str:
     s = r.summary
     if r.first_divergence is None:
@@ -47,7 +82,10 @@ def format_summary(r: CompareResult) -> str:
         common = "".join(t.text for t in r.tokens[:r.first_divergence])
         tail = common[-40:].replace("\n", "\\n")
         div = f"the answers diverge at answer token {r.first_divergence} (after \"{tail}\")"
-    lines = [f"\n\nreference: {r.reference.file_type} {r.reference.bits_per_weight:.2f} bpw  {r.reference.path}",
+    stored = " (stored answer and distributions, computed earlier: --no-cache recomputes)" \
+        if r.reference_cached else ""
+    lines = [f"\n\nreference: {r.reference.file_type} {r.reference.bits_per_weight:.2f} bpw  {r.reference.path}"
+             f"{stored}",
              f"candidate: {r.candidate.file_type} {r.candidate.bits_per_weight:.2f} bpw  {r.candidate.path}", div]
     if s.n_tokens:
         lines += [f"scored {s.n_tokens} reference answer tokens:",
@@ -66,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         kw = dict(on_reference_text=_stream("reference answer"), on_candidate_text=_stream("candidate answer"))
     result = compare(args.reference, args.candidate, args.prompt, max_tokens=args.max_tokens, n_ctx=args.ctx,
-                     threads=args.threads, **kw)
+                     options=options_from_args(args), use_cache=not args.no_cache, progress=_progress, **kw)
     if args.json:
         print(result.to_json(indent=1))
     else:

@@ -337,9 +337,15 @@ def _reference_phase(path: Path, options: LoadOptions, n_ctx: int, prompt_tokens
                 for i0, r in src.rows(seq, first, cancel=cancel):
                     fh.write(np.ascontiguousarray(r, dtype="<f4").tobytes())
                     report("reference distributions", i0 + len(r) - first, len(answer))
+            _check_cancel(cancel)               # asked for while the last rows were written: store nothing
             meta.update(text=reply.text, tokens=list(reply.tokens), finish=reply.finish_reason, answer=answer,
                         texts=token_texts(src, answer), n_vocab=src.n_vocab, n_batch=src.n_batch, n_ctx=eng.n_ctx)
     return store.get(key) or Entry(folder, meta)
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled("cancelled")
 
 
 def _stored_rows(entry: Entry) -> tuple[Any, int] | None:

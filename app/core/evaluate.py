@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .compare import ProgressFn, Reporter, check_comparable, check_fits, load_options, logit_settings
+from .compare import ProgressFn, Reporter, _check_cancel, check_comparable, check_fits, load_options, logit_settings
 from .errors import CompareError
 from .gguf_header import GGUFHeader, file_type_name, read_header
 from .load_options import LoadOptions
@@ -197,6 +197,7 @@ def _reference_phase(path: Path, content: str, n_ctx: int, n_chunks: int | None,
                     report("reference", ci, len(chunks))
                     for _, r in src.rows(chunk, n_ctx // 2, cancel=cancel, decode_last=True):
                         w.write_rows(r)
+                _check_cancel(cancel)
                 report("reference", len(chunks), len(chunks))
             meta.update(n_chunks=len(chunks), n_ctx=n_ctx)
     return store.get(key) or Entry(folder, meta)

@@ -5,9 +5,12 @@ llama-cpp-python (``Llama(logits_all=True).eval``), written out here from the de
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from app.core.compare import compare, first_divergence
 from app.core.errors import ContextOverflowError, GenerationCancelled, ModelLoadError, VocabMismatchError
 from app.core.gguf_header import read_header
+from app.core.refstore import RefStore
 
 PROMPT = "What is the capital of France? Answer in one sentence."
 MAX_TOKENS = 24
@@ -28,8 +32,10 @@ def ggufs(smollm2_gguf):
 
 
 @pytest.fixture(scope="module")
-def results(ggufs):
-    return {r: compare(ggufs["F16"], ggufs[r], PROMPT, max_tokens=MAX_TOKENS, n_ctx=N_CTX, threads=THREADS)
+def results(ggufs, tmp_path_factory):
+    store = RefStore(tmp_path_factory.mktemp("refstore"))
+    return {r: compare(ggufs["F16"], ggufs[r], PROMPT, max_tokens=MAX_TOKENS, n_ctx=N_CTX, threads=THREADS,
+                       store=store)
             for r in ("F16", "Q8_0", "Q4_K_M", "Q2_K")}
 
 
@@ -96,7 +102,7 @@ def _rescored(r, ref_path, cand_path, n_batch):
     assert rs.n_batch == n_batch and list(pos) == list(range(first, len(seq) - 1))
     toks = [dataclasses.replace(t, kl=float(m.kl[k]), top1_match=bool(m.top1[k]), p_ref=float(m.p_ref[k]),
                                 p_cand=float(m.p_cand[k])) for k, t in enumerate(r.tokens)]
-    return dataclasses.replace(r, tokens=toks, summary=Summary.of(m.kl, m.top1, m.top5, m.nll_ref, m.nll_cand))
+    return dataclasses.replace(r, tokens=toks, summary=Summary.of(m))
 
 
 def _pull_logits(path, seq, first, n_batch):
@@ -244,3 +250,132 @@ def test_streaming_callbacks_progress_and_length_limit(ggufs):
     stages = [p.stage for p in prog]
     assert stages.index("reference answer") < stages.index("candidate answer") < stages.index("scoring")
     assert prog[-1].stage == "scoring" and prog[-1].done == prog[-1].total == len(r.tokens)
+
+
+# ---- two phases, the reference store -------------------------------------------------------------------------
+class MapWatch:
+    """Which of the given files this process has mapped, sampled from /proc/self/maps by a thread every few
+    milliseconds and at every progress report (the memory-tracking harness of the two-phase proof)."""
+
+    def __init__(self, *paths):
+        self.paths = [str(p) for p in paths]
+        self.seen: list[tuple[bool, ...]] = []
+        self.phases: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            maps = f.read()
+        self.seen.append(tuple(p in maps for p in self.paths))
+
+    def progress(self, p) -> None:
+        self.phases.append(p.phase)
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(0.003)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_reference_and_candidate_are_never_mapped_together(ggufs, tmp_path):
+    store = RefStore(tmp_path / "store")
+    with MapWatch(ggufs["F16"], ggufs["Q4_K_M"]) as w:
+        r = compare(ggufs["F16"], ggufs["Q4_K_M"], PROMPT, max_tokens=MAX_TOKENS, n_ctx=N_CTX, threads=THREADS,
+                    store=store, progress=w.progress)
+    assert not r.reference_cached and r.summary.n_tokens > 0
+    assert (True, False) in w.seen and (False, True) in w.seen     # each was loaded, on its own
+    assert (True, True) not in w.seen, "reference and candidate were mapped at the same time"
+    assert {"reference", "candidate"} <= set(w.phases)
+    assert w.phases.index("candidate") > max(i for i, ph in enumerate(w.phases) if ph == "reference")
+
+
+def test_second_compare_uses_the_stored_reference_and_no_cache_does_not(ggufs, results, tmp_path):
+    store = RefStore(tmp_path / "store")
+    first = compare(ggufs["F16"], ggufs["Q8_0"], PROMPT, max_tokens=MAX_TOKENS, n_ctx=N_CTX, threads=THREADS,
+                    store=store)
+    assert not first.reference_cached and len(store.entries()) == 1
+    streamed, phases = [], []
+    with MapWatch(ggufs["F16"]) as w:
+        second = compare(ggufs["F16"], ggufs["Q2_K"], PROMPT, max_tokens=MAX_TOKENS, n_ctx=N_CTX, threads=THREADS,
+                         store=store, on_reference_text=streamed.append, progress=lambda p: phases.append(p.phase))
+    assert second.reference_cached and "reference" not in phases
+    assert (True,) not in w.seen                          # the reference model was never loaded
+    assert "".join(streamed) == second.reference_text == first.reference_text
+    # the same figures as a comparison that computed its reference (module fixture: its own store)
+    want = results["Q2_K"]
+    assert [t.kl for t in second.tokens] == [t.kl for t in want.tokens]
+    assert second.summary == want.summary and second.candidate_text == want.candidate_text
+    fresh = compare(ggufs["F16"], ggufs["Q2_K"], PROMPT, max_tokens=MAX_TOKENS, n_ctx=N_CTX, threads=THREADS,
+                    store=store, use_cache=False)
+    assert not fresh.reference_cached and fresh.summary == want.summary
+    # other settings that change logits never share a stored reference
+    from app.core.load_options import LoadOptions
+
+    fa = compare(ggufs["F16"], ggufs["Q2_K"], PROMPT, max_tokens=MAX_TOKENS, n_ctx=N_CTX, store=store,
+                 options=LoadOptions(n_threads=THREADS, flash_attn="on"))
+    assert not fa.reference_cached and fa.load["flash_attn"] == "on" and second.load["flash_attn"] == "off"
+    assert len(store.entries()) == 2
+
+
+@pytest.mark.parametrize("stage", ["reference distributions", "candidate answer"])
+def test_cancel_in_either_phase_leaves_no_partial_entry(ggufs, tmp_path, stage):
+    store = RefStore(tmp_path / "store")
+    cancel = threading.Event()
+
+    def progress(p):
+        if p.stage == stage and p.done >= 1:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        compare(ggufs["F16"], ggufs["Q8_0"], "Write a short story about a lighthouse.", max_tokens=40,
+                n_ctx=N_CTX, threads=THREADS, store=store, progress=progress, cancel=cancel)
+    left = sorted(p.name for p in store.root.iterdir())
+    assert not any(name.endswith(".partial") for name in left), left
+    # cancelled while storing: nothing stored; cancelled in phase 2: the complete reference stays usable
+    assert len(store.entries()) == (0 if stage.startswith("reference") else 1)
+
+
+def test_store_is_bounded_least_recently_used_first(tmp_path):
+    store = RefStore(tmp_path / "s", max_bytes=2500)
+    for k in ("a", "b", "c"):
+        with store.writing(k, {"n": k}) as folder:
+            (folder / "rows.f32").write_bytes(b"x" * 1000)
+        os.utime(store.root / k / "meta.json", (time.time() - 100 + ord(k), time.time() - 100 + ord(k)))
+    assert sorted(e[2].name for e in store.entries()) == ["b", "c"]     # "a", the oldest, made room for "c"
+    assert store.get("b") is not None                                    # used now: "c" is the oldest
+    with store.writing("d", {}) as folder:
+        (folder / "rows.f32").write_bytes(b"x" * 1000)
+    assert sorted(e[2].name for e in store.entries()) == ["b", "d"]
+    with pytest.raises(RuntimeError), store.writing("e", {}) as folder:
+        (folder / "rows.f32").write_bytes(b"x")
+        raise RuntimeError("interrupted")
+    assert store.get("e") is None and sorted(p.name for p in store.root.iterdir()) == ["b", "d"]
+
+
+def test_a_model_too_big_for_the_memory_is_refused_naming_the_ways_out(ggufs, tmp_path, monkeypatch):
+    import app.core.llama_runtime as rt
+
+    monkeypatch.setattr(rt, "available_memory", lambda: 100_000_000)     # less than the F16's 271 MB
+    with pytest.raises(ModelLoadError) as e:
+        compare(ggufs["F16"], ggufs["Q2_K"], PROMPT, max_tokens=4, n_ctx=N_CTX, store=RefStore(tmp_path))
+    msg = str(e.value)
+    assert "reference smollm2-F16.gguf needs 270.9 MB" in msg and "100.0 MB is available" in msg
+    assert "GPU" in msg and "Q8_0" in msg and "smaller context" in msg
+
+
+def test_empty_prompt_is_refused(ggufs, tmp_path):
+    from app.core.errors import CompareError
+
+    with pytest.raises(CompareError, match="prompt is empty"):
+        compare(ggufs["F16"], ggufs["Q2_K"], "  \n", max_tokens=4, n_ctx=N_CTX, store=RefStore(tmp_path))
