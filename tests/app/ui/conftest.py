@@ -129,3 +129,23 @@ def library_models(smollm2_gguf):
         return out
 
     return make
+
+
+@pytest.fixture
+def chat(window, library_models, qtbot):
+    """The chat view with SmolLM2 Q8_0 loaded through the Library's Chat button; greedy, 24-token replies
+    (test_chat*.py)."""
+    from PySide6.QtCore import Qt
+
+    (q8,) = library_models("Q8_0")
+    window.settings.context_size = 1024
+    window.library.refresh_now()
+    assert window.library.select_path(q8)
+    with qtbot.waitSignal(window.chat.modelLoaded, timeout=60000):
+        qtbot.mouseClick(window.library.buttons["chat"], Qt.MouseButton.LeftButton)
+    view = window.chat
+    assert window.tabs.currentWidget() is view
+    view.greedy.setChecked(True)
+    view.max_tokens.setValue(24)
+    view.q8 = q8
+    return view

@@ -2,11 +2,10 @@
 edit-and-resend."""
 from __future__ import annotations
 
-import pytest
 from PySide6.QtCore import Qt
 
 PROMPT = "What is the capital of France?"
-MAX_TOKENS = 24
+MAX_TOKENS = 24  # the `chat` fixture (conftest) sets this
 
 
 def _engine_answer(path, prompt: str, max_tokens: int) -> str:
@@ -16,23 +15,6 @@ def _engine_answer(path, prompt: str, max_tokens: int) -> str:
     with Engine(path, n_ctx=1024, n_threads=1) as e:
         return e.chat([{"role": "user", "content": prompt}],
                       settings=SamplingSettings(greedy=True, max_tokens=max_tokens)).answer
-
-
-@pytest.fixture
-def chat(window, library_models, qtbot):
-    """The chat view with SmolLM2 Q8_0 loaded through the Library's Chat button; greedy, short replies."""
-    (q8,) = library_models("Q8_0")
-    window.settings.context_size = 1024
-    window.library.refresh_now()
-    assert window.library.select_path(q8)
-    with qtbot.waitSignal(window.chat.modelLoaded, timeout=60000):
-        qtbot.mouseClick(window.library.buttons["chat"], Qt.MouseButton.LeftButton)
-    view = window.chat
-    assert window.tabs.currentWidget() is view
-    view.greedy.setChecked(True)
-    view.max_tokens.setValue(MAX_TOKENS)
-    view.q8 = q8
-    return view
 
 
 def test_enter_sends_and_the_answer_streams_with_stats(chat, window, qtbot):

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.core.history import History
 
-from .test_chat import MAX_TOKENS, PROMPT, chat  # noqa: F401 - the fixture: SmolLM2 Q8_0 loaded, greedy
+from .test_chat import MAX_TOKENS, PROMPT  # the `chat` fixture (conftest): SmolLM2 Q8_0 loaded, greedy
 
 LEFT = Qt.MouseButton.LeftButton
 
@@ -240,3 +240,28 @@ def test_reasoning_panel_for_a_model_that_does_not_reason(chat, qtbot):
     assert len(summaries) >= 3 and not any(links)
     assert not any("Thought for" in s or "0 tokens" in s for s in summaries), summaries
     assert chat.reasoning.summary.text() == "No reasoning"
+
+
+def test_every_chat_button_clicks_cleanly(chat, qtbot, error_reports):
+    """Issue 14 §0: every button of the chat view, clicked with the mouse, does its job without raising (pytest-qt
+    fails the test on an exception in a slot) and without an error dialog."""
+    import shiboken6
+    from PySide6.QtWidgets import QAbstractButton
+
+    with qtbot.waitSignal(chat.replyFinished, timeout=120000):
+        type_and_click_send(qtbot, chat, "Say hello.")
+    buttons = [b for b in chat.findChildren(QAbstractButton) if b.isVisibleTo(chat)]
+    buttons.sort(key=lambda b: b is chat.unload_button)  # unloading last
+    clicked = []
+    for b in buttons:
+        if not shiboken6.isValid(b) or not b.isVisible() or not b.isEnabled():  # e.g. a bubble New chat removed
+            continue
+        if b is chat.send_button:
+            qtbot.keyClicks(chat.prompt, "And goodbye.")
+        if b is chat.conversations.delete_button:
+            answer_dialog(qtbot, "Cancel", [])
+        qtbot.mouseClick(b, LEFT)
+        clicked.append(b.text() or b.objectName())
+        qtbot.waitUntil(lambda: not chat.is_busy(), timeout=120000)
+    assert {"Send", "Regenerate", "New chat", "Delete", "R1 defaults", "Unload", "Edit"} <= set(clicked), clicked
+    assert error_reports == []
