@@ -7,6 +7,7 @@ memory-mapped and read one tensor at a time: only the tensor being converted is 
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mmap
@@ -114,22 +115,37 @@ def load_json(path: Path, what: str) -> Any:
     except FileNotFoundError:
         raise MissingFileError(f"{path.parent} has no {path.name}; the checkpoint is incomplete: download "
                                f"{what} again") from None
+    except OSError as e:
+        raise unreadable(path, e) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); download it again") from None
 
 
+def unreadable(path: Path, e: OSError) -> CorruptCheckpointError:
+    """The error for a checkpoint file the OS will not open (a link to itself, no permission, a folder...)."""
+    if e.errno == errno.ELOOP:
+        return CorruptCheckpointError(f"{path} is a symbolic link that leads back to itself; replace it with the "
+                                      f"real file (download it again)")
+    return CorruptCheckpointError(f"{path} cannot be read ({e.strerror or e}); check the file and its permissions, "
+                                  f"or download it again")
+
+
 def read_header(path: Path) -> dict[str, TensorEntry]:
-    """Parse and validate one safetensors file's header; tensors in the file's name order."""
-    size = path.stat().st_size
+    """Parse and validate one safetensors file's header as the safetensors library does: tensors in the file's
+    name order, their data exactly tiling the data section (no overlaps, gaps or trailing bytes)."""
     what = f"{path.name} is truncated or corrupt"
     fix = "download this file again"
-    if size < 8:
-        raise CorruptCheckpointError(f"{what}: only {size} bytes; {fix}")
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n > size - 8 or n > _MAX_HEADER:
-            raise CorruptCheckpointError(f"{what}: its header claims {n} bytes but the file has {size}; {fix}")
-        raw = f.read(n)
+    try:
+        size = path.stat().st_size
+        if size < 8:
+            raise CorruptCheckpointError(f"{what}: only {size} bytes; {fix}")
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > size - 8 or n > _MAX_HEADER:
+                raise CorruptCheckpointError(f"{what}: its header claims {n} bytes but the file has {size}; {fix}")
+            raw = f.read(n)
+    except OSError as e:
+        raise unreadable(path, e) from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -140,7 +156,24 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
     out: dict[str, TensorEntry] = {}
     for name in sorted(k for k in header if k != "__metadata__"):
         out[name] = _entry(path, name, header[name], data_start, data_size)
+    _check_tiling(path, out, data_start, data_size)
     return out
+
+
+def _check_tiling(path: Path, entries: dict[str, TensorEntry], data_start: int, data_size: int) -> None:
+    """safetensors' own ``Metadata::validate``: sorted by offset, each tensor starts where the previous one ends,
+    the last ends where the file does.  Overlapping tensors would otherwise convert into wrong weights."""
+    pos = 0
+    for e in sorted(entries.values(), key=lambda e: (e.offset, e.offset + e.nbytes)):
+        begin = e.offset - data_start
+        if begin != pos:
+            how = "overlaps the tensor before it" if begin < pos else f"leaves a gap of {begin - pos} bytes"
+            raise CorruptCheckpointError(f"{path.name} is corrupt: tensor {e.name!r} at data offset {begin} {how} "
+                                         f"(the safetensors library refuses this file too); download it again")
+        pos = begin + e.nbytes
+    if pos != data_size:
+        raise CorruptCheckpointError(f"{path.name} is corrupt: its tensors cover {pos} of its {data_size} data "
+                                     f"bytes (the safetensors library refuses this file too); download it again")
 
 
 def _entry(path: Path, name: str, meta: Any, data_start: int, data_size: int) -> TensorEntry:

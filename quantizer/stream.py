@@ -15,7 +15,7 @@ and watches ``cancel``; on any error, cancel or Ctrl-C it stops the workers befo
 """
 from __future__ import annotations
 
-import os
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -29,9 +29,12 @@ from gguf import GGMLQuantizationType as QT
 
 from . import arch as archmod
 from .checkpoint import Checkpoint, to_float32
+from .cpus import cap_threads, default_threads, usable_cores
 from .errors import ConversionCancelled, NonFiniteWeightsError
 from .forkpool import ForkPool, fork_available
 from .writer import StreamingGGUFWriter
+
+log = logging.getLogger(__name__)
 
 _FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
 _BLOCK_VALUES = 1 << 20  # values per block: 4 MiB of float32, long enough for numpy, small enough to stay near cache
@@ -251,11 +254,14 @@ class _ThreadPool:
 
 
 def _threads(threads: int | None) -> int:
-    if threads is None:  # the cores this process may run on
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Workers: :func:`~quantizer.cpus.default_threads` unless given; never more than the usable cores."""
+    if threads is None:
+        return default_threads()
     if threads < 1:
         raise ValueError(f"threads must be >= 1 (got {threads})")
-    return int(threads)
+    if threads > cap_threads(threads):
+        log.info("%d workers asked for, %d cores usable: using %d", threads, usable_cores(), cap_threads(threads))
+    return cap_threads(threads)
 
 
 def _job(index: int, t: archmod.PlannedTensor, qtype: QT, ckpt: Checkpoint, arch: archmod.Arch, cfg: dict,

@@ -89,5 +89,8 @@ class ChatTemplate:
         except SecurityError as e:
             raise ChatTemplateError(f"the model's chat template tried something unsafe and was stopped ({e}): "
                                     f"use a model file from a source you trust") from None
-        except (TemplateError, TypeError, KeyError, IndexError, ValueError) as e:
-            raise ChatTemplateError(f"the model's chat template failed on this conversation ({e})") from None
+        except (TemplateError, TypeError, KeyError, IndexError, ValueError, ArithmeticError, RecursionError,
+                MemoryError) as e:   # OverflowError: the sandbox stopping range(10**9); the model file's fault
+            reason = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+            raise ChatTemplateError(f"the model's chat template failed on this conversation ({reason}): use "
+                                    f"another model file, or convert this one again") from None

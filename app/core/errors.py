@@ -102,6 +102,10 @@ class DiskSpaceError(DistillDeskError, OSError):
     """Not enough free disk for the job."""
 
 
+class DataFolderError(DistillDeskError, OSError):
+    """DistillDesk's data or cache folder cannot be created or used (a file is in the way, no permission)."""
+
+
 class DownloadCancelled(HubError):
     """The user cancelled a download (the partial file is kept for resume)."""
 
