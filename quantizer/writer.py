@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import sys
 import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +167,10 @@ class StreamingGGUFWriter:
         also in worker processes forked after this)."""
         if self._tmp is not None:
             return
+        remove_stale_partials(self.out.parent, self.out.name)
         try:
-            self._fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent)
+            self._fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX,
+                                             dir=self.out.parent)
         except OSError as e:
             raise OutputNotWritableError(
                 f"cannot create a file in {self.out.parent} ({e.strerror or e}); choose an output folder you can "
@@ -277,6 +281,77 @@ class StreamingGGUFWriter:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._tmp is not None:
             self.abort()
+
+
+# ---- our temporary files ------------------------------------------------------------------------------------
+# ``.<output name>.<pid>.<random>.partial`` (``.<output name>.<random>.partial`` before the pid was added).  A
+# process killed outright (SIGKILL, power cut) cannot remove its own: the next conversion into that folder does.
+PARTIAL_SUFFIX = ".partial"
+_PARTIAL_RE = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?(?P<rand>[a-z0-9_]{8})\.partial$")
+_LEGACY_STALE_S = 3600.0  # a partial without a pid is stale once nobody has written to it for an hour
+
+
+@dataclass(frozen=True)
+class PartialFile:
+    path: Path
+    output_name: str  # the GGUF it was to become
+    size_bytes: int
+    stale: bool  # its writer is gone: safe to delete
+
+
+def partial_files(folder: Path) -> list[PartialFile]:
+    """Our temporary files in ``folder``, with whether their writer is gone."""
+    out = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = _PARTIAL_RE.match(p.name)
+        if m is None:
+            continue
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        pid = int(m["pid"]) if m["pid"] else None
+        out.append(PartialFile(p, m["name"], st.st_size, _writer_gone(pid, st.st_mtime)))
+    return sorted(out, key=lambda f: f.path.name)
+
+
+def remove_stale_partials(folder: Path, output_name: str | None = None) -> list[Path]:
+    """Delete the stale partial files in ``folder`` (of ``output_name`` only, when given); returns them."""
+    removed = []
+    for f in partial_files(folder):
+        if f.stale and (output_name is None or f.output_name == output_name):
+            try:
+                f.path.unlink()
+            except OSError as e:
+                log.warning("could not remove the stale partial output %s (%s)", f.path, e.strerror or e)
+                continue
+            log.info("removed %s, left by a conversion that was killed", f.path)
+            removed.append(f.path)
+    return removed
+
+
+def _writer_gone(pid: int | None, mtime: float) -> bool:
+    import time
+
+    if pid is None:
+        return time.time() - mtime > _LEGACY_STALE_S
+    if pid == os.getpid():
+        return False
+    try:
+        import psutil
+    except ImportError:
+        return time.time() - mtime > _LEGACY_STALE_S
+    try:
+        # a process with that pid started after the file was last written is another process (pid reused)
+        return not psutil.pid_exists(pid) or psutil.Process(pid).create_time() > mtime + 1.0
+    except psutil.NoSuchProcess:  # it exited meanwhile
+        return True
+    except (psutil.Error, OSError):  # someone else's process: leave its file alone
+        return False
 
 
 def _new_file_mode() -> int:

@@ -34,11 +34,14 @@ def _local(as_json: bool) -> int:
     from app.core import library
     from app.core.hub import hub_cache_dir, is_offline
     from app.core.paths import models_dir
+    from app.core.unfinished import unfinished_outputs
 
     groups = library.scan()
+    unfinished = unfinished_outputs()
     if as_json:
         print(json.dumps([_group_json(g) for g in groups], indent=2))
         return 0
+    _print_unfinished(unfinished)
     if is_offline():
         print("offline mode (HF_HUB_OFFLINE=1): listing what is on this machine", file=sys.stderr)
     if not groups:
@@ -64,6 +67,13 @@ def _local(as_json: bool) -> int:
             mark = "reference" if ref is not None and e.path == ref.path else ""
             print(f"  {e.file_type:10s}  {format_size(e.size_bytes):>11s}  {e.bpw:5.2f} bpw  {mark:9s}  {e.path}")
     return 0
+
+
+def _print_unfinished(files: list) -> None:
+    for f in files:
+        what = ("left by a conversion that was killed; the next quantize into that folder removes it" if f.stale
+                else "a conversion in progress")
+        print(f"unfinished  {format_size(f.size_bytes):>11s}  {f.output_name}: {what}  {f.path}")
 
 
 def _group_json(g) -> dict:  # noqa: ANN001 - library.ModelGroup

@@ -256,3 +256,49 @@ def test_existing_output_survives_a_failed_run(capsys, tmp_path, ckpt):
     with pytest.raises(E.ConversionCancelled):
         quantizer.convert(ckpt, out, "F16", cancel=cancel)
     assert out.read_bytes() == b"previous model"
+
+
+# ---- from the bad-input battery (issue 14) -------------------------------------------------------------------
+def test_weights_that_are_a_symlink_to_themselves(capsys, tmp_path, ckpt):
+    f = ckpt / "model.safetensors"
+    f.unlink()
+    f.symlink_to(f.name)  # ELOOP on open
+    _expect(capsys, tmp_path, ckpt, E.CorruptCheckpointError, "model.safetensors", "symbolic link", "itself")
+
+
+def test_a_config_that_is_a_symlink_to_itself(capsys, tmp_path, ckpt):
+    f = ckpt / "config.json"
+    f.unlink()
+    f.symlink_to(f.name)
+    _expect(capsys, tmp_path, ckpt, E.CorruptCheckpointError, "config.json", "symbolic link", "itself")
+
+
+def _offsets(h) -> list[tuple[str, int, int]]:
+    return sorted(((k, *v["data_offsets"]) for k, v in h.items() if k != "__metadata__"), key=lambda t: t[1])
+
+
+def test_overlapping_tensors_are_refused_as_safetensors_does(capsys, tmp_path, ckpt):
+    """The second tensor's bytes start inside the first one's: safetensors refuses the file, so do we (it used to
+    convert, writing wrong weights)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    def edit(h):
+        (a, a0, a1), (b, b0, b1) = _offsets(h)[:2]
+        shift = min(a1 - a0, b1 - b0) // 2  # b moves into a; a same-length tensor later keeps the total covered
+        h[b]["data_offsets"] = [b0 - shift, b1 - shift]
+    _patch_header(ckpt / "model.safetensors", edit)
+    with pytest.raises(SafetensorError):  # the oracle: the safetensors library itself
+        load_file(ckpt / "model.safetensors")
+    _expect(capsys, tmp_path, ckpt, E.CorruptCheckpointError, "overlaps", "safetensors library refuses")
+
+
+def test_trailing_bytes_after_the_tensors_are_refused_as_safetensors_does(capsys, tmp_path, ckpt):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    f = ckpt / "model.safetensors"
+    f.write_bytes(f.read_bytes() + b"\0" * 64)
+    with pytest.raises(SafetensorError):
+        load_file(f)
+    _expect(capsys, tmp_path, ckpt, E.CorruptCheckpointError, "cover", "safetensors library refuses")
