@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from app import __version__
 
@@ -26,8 +27,15 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as every other error: exit 2 and one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distilldesk", description="Quantize, chat with and compare distilled "
+    p = _Parser(prog="distilldesk", description="Quantize, chat with and compare distilled "
                                 "reasoning models. With no subcommand, opens the desktop app.")
     p.add_argument("--version", action="version", version=f"distilldesk {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

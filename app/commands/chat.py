@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from app.commands import _args as A
 from app.core.chat_types import Message, Reply, SamplingSettings
 from app.core.thinking import Segment
 
@@ -29,17 +30,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Chat with a GGUF model using its own chat template. The reasoning of R1-style models is "
                     "shown apart from the answer (on stderr); conversations are saved in the history.")
     p.add_argument("model", metavar="MODEL.gguf", help="the model file")
-    p.add_argument("--prompt", help="send this one message, print the reply and exit")
+    p.add_argument("--prompt", type=A.prompt, help="send this one message, print the reply and exit")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (deterministic)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
-    p.add_argument("--temperature", type=float, default=d.temperature,
+    p.add_argument("--temperature", type=A.temperature, default=d.temperature,
                    help=f"sampling temperature (default {d.temperature}, DeepSeek's R1 recommendation)")
-    p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling (default {d.top_p})")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="N",
+    p.add_argument("--top-p", type=A.probability, default=d.top_p,
+                   help=f"nucleus sampling, 0 to 1 (default {d.top_p})")
+    p.add_argument("--max-tokens", type=A.positive_int, default=d.max_tokens, metavar="N",
                    help=f"most tokens per reply, reasoning included (default {d.max_tokens})")
-    p.add_argument("--ctx", type=int, default=4096, metavar="N", help="context window in tokens (default 4096)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: llama.cpp's)")
+    p.add_argument("--ctx", type=A.context_size, default=4096, metavar="N",
+                   help="context window in tokens (default 4096; 0 = the model's trained length)")
+    p.add_argument("--threads", type=A.threads, default="auto", metavar="N",
+                   help="CPU threads (default: the physical cores)")
     p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
                    help="layers to offload to the GPU (-1 = all; needs a GPU build of llama.cpp)")
     p.add_argument("--no-history", action="store_true", help="do not save this conversation")

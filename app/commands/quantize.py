@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.commands import _args as A
 from app.core.units import format_size
 
 
@@ -24,9 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"recipe: {', '.join(RECIPES)}")
     p.add_argument("--out", "-o", type=Path, default=None,
                    help="output GGUF (default: <data dir>/models/<name>/<name>-<TYPE>.gguf)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=A.threads, default="auto", metavar="N",
                    help="parallel workers: processes on Linux, threads elsewhere; 1 = in this process "
-                        "(default: usable cores)")
+                        "(default: the physical cores; at most the usable cores)")
     p.add_argument("--imatrix", type=Path, default=None, help="importance-matrix file made by llama-imatrix")
     p.add_argument("--pre-tokenizer", default=None, metavar="NAME",
                    help="llama.cpp pre-tokenizer name, when the tokenizer's is not recognised (e.g. qwen2)")
@@ -43,17 +44,13 @@ def default_output(src: str, recipe: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     import quantizer
     from app.core.checkpoint_plan import plan_checkpoint
     from app.core.library import make_folders, remove_empty_folders
     from quantizer.recipes import recipe_info
+    from tqdm import tqdm
 
     recipe_info(args.type)  # an unknown recipe fails before any default folder is created
-    if args.threads is not None and args.threads < 1:
-        print("distilldesk: error: --threads must be at least 1", file=sys.stderr)
-        return 2
     # what will be made, before any work (a checkpoint that cannot be converted fails here, nothing created)
     print(plan_checkpoint(args.src, args.type, has_imatrix=args.imatrix is not None).summary(), file=sys.stderr,
           flush=True)

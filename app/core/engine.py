@@ -53,6 +53,7 @@ from .chat_types import (
     split_turns,
 )
 from .errors import (
+    ChatTemplateError,
     ContextOverflowError,
     EngineBusyError,
     EngineError,
@@ -206,6 +207,13 @@ class Engine:
             raise ModelLoadError(
                 f"llama.cpp could not load {self._path.name}{about}: {why}; if the architecture is new, update "
                 f"DistillDesk, otherwise download or convert the model again") from None
+        except Exception as e:
+            from jinja2 import TemplateError  # llama-cpp-python compiles every chat template the file holds
+
+            if not isinstance(e, TemplateError):
+                raise
+            raise ChatTemplateError(f"the chat template in {self._path.name} is not valid Jinja ({e}): the GGUF's "
+                                    f"tokenizer.chat_template is damaged; convert the model again") from None
 
     def _make_info(self) -> ModelInfo:
         import llama_cpp
