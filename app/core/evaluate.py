@@ -215,6 +215,13 @@ def _base_nll(bf: BaseFile) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _check_vocab(bf: BaseFile, path: Path, n_vocab: int) -> None:
+    if n_vocab != bf.info.n_vocab:
+        raise BaseFileError(f"{bf.path.name} was made with a vocabulary of {bf.info.n_vocab} tokens and "
+                            f"{path.name} has {n_vocab}: they are different models; use the base file of the "
+                            "model the candidate was made from")
+
+
 def _candidate_phase(path: Path, bf: BaseFile, options: LoadOptions, report: Reporter,
                      cancel: threading.Event | None) -> TokenMetrics:
     """Phase 2: one candidate alone over the base file's chunks, scored against its rows."""
@@ -222,10 +229,7 @@ def _candidate_phase(path: Path, bf: BaseFile, options: LoadOptions, report: Rep
 
     info = bf.info
     with Engine(path, n_ctx=info.n_ctx, options=options) as eng, LogitSource(eng.llama) as src:
-        if src.n_vocab != info.n_vocab:
-            raise BaseFileError(f"{bf.path.name} was made with a vocabulary of {info.n_vocab} tokens and "
-                                f"{path.name} has {src.n_vocab}: they are different models; use the base file "
-                                "of the model the candidate was made from")
+        _check_vocab(bf, path, src.n_vocab)
         bos, parts = _bos(eng.llama), []
         for c in range(info.n_chunk):
             report("candidate", c, info.n_chunk)
@@ -269,7 +273,9 @@ def eval_ladder(reference: str | Path | None, candidates: Sequence[str | Path], 
     cached = False
     if base is not None:
         base_path, text_name, text_sha = Path(base), Path(base).name, ""
-        BaseFile(base_path).close()                 # refuse a bad file before loading any model
+        with BaseFile(base_path) as bf:             # refuse a bad file, or other models, before loading any
+            for info in cand_infos:
+                _check_vocab(bf, info.path, info.n_vocab)
     else:
         if ref_info is None:
             raise CompareError("no reference: give the reference GGUF, or a base file (--base)")
