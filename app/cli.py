@@ -16,7 +16,7 @@ from app import __version__
 
 # Subcommand modules, in help order.  Every one must import: a missing module (say, one a bundle left out) fails
 # loudly here rather than silently dropping a command.
-COMMANDS = ["download", "models", "quantize", "chat", "compare", "eval"]
+COMMANDS = ["download", "models", "quantize", "imatrix", "chat", "compare", "eval", "probe", "worker"]
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

@@ -27,6 +27,8 @@ class SamplingSettings:
     ``greedy=True`` always takes the most likely token (temperature/top-p are then ignored).
     ``seed``: a fixed seed makes sampling reproducible; ``None`` = a fresh random seed per reply.
     ``max_tokens``: the most tokens one reply may generate (reasoning included).
+    ``overthinking_penalty``: subtracted from the logits of ~50 hesitation markers ("Wait", "Alternatively", ...)
+    tokenised for the loaded vocabulary (:mod:`app.core.probes.penalty`); 0 = off.
     """
 
     temperature: float = R1_TEMPERATURE
@@ -37,6 +39,7 @@ class SamplingSettings:
     max_tokens: int = 2048
     greedy: bool = False
     seed: int | None = None
+    overthinking_penalty: float = 0.0   # logit bias taken off hesitation markers (app.core.probes.penalty); 0 = off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import backends
 from .chat_template import ChatTemplate
 from .chat_types import (
     FinishReason,
@@ -58,7 +59,6 @@ from .errors import (
     EngineBusyError,
     EngineError,
     EngineSettingError,
-    GpuUnavailableError,
     ModelLoadError,
 )
 from .gguf_header import GGUFHeader, read_header
@@ -132,13 +132,12 @@ class Engine:
         context_size(n_ctx)                     # nonsense sizes fail before any file is read
         self._header: GGUFHeader = read_header(self._path)
         n_ctx = context_size(n_ctx, int(self._header.arch_value("context_length", 0) or 0))
-        gpu = gpu_backend()
-        if n_gpu_layers and gpu is None:
-            raise GpuUnavailableError(
-                f"{n_gpu_layers} GPU layers were asked for, but this llama.cpp build has no GPU offload (CPU "
-                f"only): set GPU layers to 0, or rebuild with GPU support, e.g. "
-                f"DISTILLDESK_CMAKE_ARGS=-DGGML_CUDA=on make run")
-        self._backend = gpu if (n_gpu_layers and gpu) else "CPU"
+        # The devices of this load (app.core.backends): none for n_gpu_layers=0 (CPU only), else GPU module
+        # devices and RPC workers; GpuUnavailableError when layers are asked for and there is no such device.
+        self._options = options
+        self._plan = backends.plan(options) if not vocab_only else backends.LoadPlan()
+        self._backend = self._plan.backend
+        self.load_report = backends.LoadReport()
         self.flash_attn, self.kv_cache_type = resolve_attention(options, offloaded=self._backend != "CPU")
         if not vocab_only:
             self._check_fits_in_ram(use_mmap)
@@ -196,10 +195,12 @@ class Engine:
         seed = self._seed if self._seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
         try:
             kv = llama_cpp.GGML_TYPE_Q8_0 if self.kv_cache_type == "q8_0" else llama_cpp.GGML_TYPE_F16
-            return llama_cpp.Llama(str(self._path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                                   n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, vocab_only=vocab_only,
-                                   seed=seed, verbose=False, flash_attn=self.flash_attn == "on", type_k=kv,
-                                   type_v=kv)
+            with backends.model_devices(self._plan), backends.capture_load_report() as self.load_report:
+                return llama_cpp.Llama(str(self._path), n_ctx=n_ctx, n_threads=n_threads,
+                                       n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap,
+                                       vocab_only=vocab_only, seed=seed, verbose=False,
+                                       flash_attn=self.flash_attn == "on", type_k=kv, type_v=kv,
+                                       tensor_split=list(self._options.tensor_split) or None)
         except (ValueError, RuntimeError, OSError) as e:
             why = load_failure_reason(str(e).rstrip("."))
             arch = self._header.architecture
@@ -391,7 +392,8 @@ class Engine:
         vocab, is_eog, detok = self._vocab, self._is_eog, self._piece
         pending = 0
         gen = llama.generate(tokens, top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p,
-                             typical_p=1.0, temp=temp, repeat_penalty=settings.repeat_penalty, reset=True)
+                             typical_p=1.0, temp=temp, repeat_penalty=settings.repeat_penalty, reset=True,
+                             logits_processor=self._hesitation_penalty(settings.overthinking_penalty))
         try:
             tok = self._first_token(gen, cancel)        # evaluates the prompt; None if cancelled meanwhile
             if tok is None:
@@ -426,6 +428,17 @@ class Engine:
             run.parts.append(tail)
             sink(tail, pending)
         return run
+
+    def _hesitation_penalty(self, penalty: float) -> Any:
+        """The overthinking penalty as a llama-cpp-python logits processor (None when off)."""
+        if not penalty:
+            return None
+        import llama_cpp
+
+        from .probes.penalty import HesitationPenalty
+
+        return llama_cpp.LogitsProcessorList([HesitationPenalty.for_vocab(
+            lambda t: self.tokenize(t, special=False), penalty)])
 
     def _first_token(self, gen: Any, cancel: threading.Event | None) -> int | None:
         """Run the generator to its first token.  That evaluates the prompt, which can take minutes for a long
@@ -484,6 +497,7 @@ class Engine:
         try:
             llama, self._llama = self._llama, None
             llama.close()
+            backends.release(self._plan)
         finally:
             self._lock.release()
 
