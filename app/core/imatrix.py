@@ -31,6 +31,7 @@ import numpy as np
 from . import ggml_tensor as gt
 from .errors import CalibrationTextError, ImatrixCancelled, ImatrixError, ModelLoadError
 from .load_options import LoadOptions
+from .sysinfo import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class _Model:
         cp.n_ctx = cp.n_batch = chunk_size
         cp.n_ubatch = min(chunk_size, DEFAULT_CHUNK_SIZE)
         cp.n_seq_max = 1
-        threads = options.n_threads or max(1, (os.cpu_count() or 2) // 2)
+        threads = options.n_threads or default_threads()
         cp.n_threads = cp.n_threads_batch = threads
         cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if fa == "on" else \
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED

@@ -3,9 +3,6 @@ memory).  It wires the views together and owns the thread registry: closing the 
 joins every worker thread before the window goes."""
 from __future__ import annotations
 
-import os
-import resource
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +25,10 @@ TAB_LIBRARY, TAB_CHAT, TAB_COMPARE = 0, 1, 2
 
 
 def rss_bytes() -> int:
-    """Resident memory of this process (what the status bar shows)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+    """Resident memory of this process now (what the status bar shows), on every OS."""
+    from app.core.sysinfo import rss_bytes as current_rss
+
+    return current_rss()
 
 
 class MainWindow(QMainWindow):

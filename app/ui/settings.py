@@ -31,9 +31,13 @@ class AppSettings:
     system_prompt: str = ""
     extra_model_dirs: list[str] = field(default_factory=list)  # more folders scanned for GGUFs
     extra_gguf_files: list[str] = field(default_factory=list)  # GGUFs added from anywhere on disk
+    hidden_gguf_files: list[str] = field(default_factory=list)  # removed from the Library, left on disk
 
     def effective_threads(self) -> int:
-        return self.threads if self.threads > 0 else max(1, (os.cpu_count() or 2) // 2)
+        """The threads setting, or (0 = automatic) the physical cores within the affinity mask."""
+        from app.core.sysinfo import cap_threads, default_threads
+
+        return cap_threads(self.threads) if self.threads > 0 else default_threads()
 
     def sampling(self) -> dict:
         """The sampling part, as the engine's settings keywords."""
