@@ -80,10 +80,9 @@ class SamplingBar(QWidget):
         self.r1_button.setObjectName("r1Defaults")
         self.r1_button.setToolTip("temperature 0.6, top-p 0.95 (DeepSeek's recommendation for R1 and its distills)")
         self.r1_button.clicked.connect(lambda: self.reset())
-        row = QHBoxLayout(self)
+        self.seed.setMaximumWidth(110)  # its size hint is made for the widest value; ten digits fit in this
+        row = QHBoxLayout(self)  # the system prompt toggle is placed by the chat view (beside the model)
         row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.system_toggle)
-        row.addSpacing(12)
         for label, w in (("Temperature", self.temperature), ("Top-p", self.top_p), ("Max tokens", self.max_tokens),
                          ("Seed", self.seed)):
             row.addWidget(QLabel(label))

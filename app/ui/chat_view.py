@@ -78,6 +78,7 @@ class ChatView(QWidget):
         top = QVBoxLayout()
         row1 = QHBoxLayout()
         row1.addWidget(self.model_label, 1)
+        row1.addWidget(self.system_toggle)
         row1.addWidget(self.unload_button)
         top.addLayout(row1)
         top.addWidget(self.sampling_bar)

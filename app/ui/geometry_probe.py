@@ -59,7 +59,8 @@ def _describe(w: QWidget) -> dict[str, Any]:
     if isinstance(w, QListWidget):
         vp = w.viewport()
         d["items"] = [{"text": w.item(i).text(), **_rect(vp, r.x(), r.y(), r.width(), r.height())}
-                      for i in range(w.count()) for r in [w.visualItemRect(w.item(i))]]
+                      for i in range(w.count()) for r in [w.visualItemRect(w.item(i)).intersected(vp.rect())]
+                      if not r.isEmpty()]  # the visible part: a long title's rectangle runs past the list
     return d
 
 

@@ -76,6 +76,7 @@ class ReasoningPanel(QFrame):
         lay.addLayout(head)
         lay.addWidget(self.warning)
         lay.addWidget(self.text, 1)
+        lay.addStretch(0)  # collapsed (text hidden), the toggle stays at the top
         self._tick = QTimer(self)  # keeps "Thinking… N s" counting while tokens are slow to come
         self._tick.setInterval(250)
         self._tick.timeout.connect(self._refresh_header)
