@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core import paths
+from app.core.load_options import LoadOptions
+from app.core.refstore import RefStore
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,18 @@ class AppSettings:
     extra_model_dirs: list[str] = field(default_factory=list)  # more folders scanned for GGUFs
     extra_gguf_files: list[str] = field(default_factory=list)  # GGUFs added from anywhere on disk
     hidden_gguf_files: list[str] = field(default_factory=list)  # removed from the Library, left on disk
+    flash_attn: str = "auto"  # "auto" | "on" | "off" (app.core.load_options.FLASH_ATTN_CHOICES)
+    kv_cache_type: str = "f16"  # "f16" | "q8_0"
+    reference_cache_gb: float = 4.0  # stored reference distributions (compare/eval) kept at most, oldest out
+
+    def load_options(self) -> LoadOptions:
+        """The one set of load settings every model load takes (chat, compare, eval, probes)."""
+        return LoadOptions(n_threads=self.effective_threads(), n_gpu_layers=self.gpu_layers,
+                           flash_attn=self.flash_attn, kv_cache_type=self.kv_cache_type)
+
+    def reference_store(self) -> RefStore:
+        """The stored references of compare/eval, bounded by this setting."""
+        return RefStore(max_bytes=int(self.reference_cache_gb * 1e9))
 
     def effective_threads(self) -> int:
         """The threads setting, or (0 = automatic) the physical cores within the affinity mask."""

@@ -9,8 +9,10 @@ import os
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -78,12 +80,16 @@ class SettingsDialog(QDialog):
         self.context.setRange(256, 131072)
         self.context.setSingleStep(1024)
         self.context.setValue(settings.context_size)
+        self._attention_controls(settings)
         engine = QGroupBox("Inference (applies to the next model loaded)")
         f = QFormLayout(engine)
         f.addRow("CPU threads", self.threads)
         f.addRow("GPU layers", self.gpu_layers)
         f.addRow("", self.gpu_reason)
         f.addRow("Context size (tokens)", self.context)
+        f.addRow("Flash attention", self.flash_attn)
+        f.addRow("KV cache type", self.kv_cache_type)
+        f.addRow("Stored references (GB)", self.reference_cache)
 
         folders = QGroupBox("Data folders")
         ff = QFormLayout(folders)
@@ -116,6 +122,29 @@ class SettingsDialog(QDialog):
         lay.addWidget(buttons)
         self.resize(640, 480)
 
+    def _attention_controls(self, settings: AppSettings) -> None:
+        """Flash attention, KV cache type (both change the figures slightly: compare/eval never mix stored
+        references across them) and the bound of the stored references."""
+        from app.core.load_options import FLASH_ATTN_CHOICES, KV_CACHE_TYPES
+
+        self.flash_attn = QComboBox()
+        self.flash_attn.setObjectName("flashAttn")
+        for v in FLASH_ATTN_CHOICES:
+            self.flash_attn.addItem({"auto": "auto (on with GPU offload)"}.get(v, v), v)
+        self.flash_attn.setCurrentIndex(max(0, self.flash_attn.findData(settings.flash_attn)))
+        self.kv_cache_type = QComboBox()
+        self.kv_cache_type.setObjectName("kvCacheType")
+        for v in KV_CACHE_TYPES:
+            self.kv_cache_type.addItem({"q8_0": "q8_0 (half the memory; needs flash attention)"}.get(v, v), v)
+        self.kv_cache_type.setCurrentIndex(max(0, self.kv_cache_type.findData(settings.kv_cache_type)))
+        self.reference_cache = QDoubleSpinBox()
+        self.reference_cache.setObjectName("referenceCacheGb")
+        self.reference_cache.setRange(0.0, 1000.0)
+        self.reference_cache.setDecimals(1)
+        self.reference_cache.setValue(settings.reference_cache_gb)
+        self.reference_cache.setToolTip("Compare and the eval ladder keep the reference model's answers and "
+                                        "distributions on disk so it need not run again; the oldest go first.")
+
     @staticmethod
     def _folder_row(path: str) -> QWidget:
         w = QWidget()
@@ -140,5 +169,6 @@ class SettingsDialog(QDialog):
         return dataclasses.replace(
             self._initial, threads=self.threads.value(),
             gpu_layers=self.gpu_layers.value() if self.gpu_layers.isEnabled() else 0,
-            context_size=self.context.value(),
+            context_size=self.context.value(), flash_attn=self.flash_attn.currentData(),
+            kv_cache_type=self.kv_cache_type.currentData(), reference_cache_gb=self.reference_cache.value(),
             extra_model_dirs=[self.extra_dirs.item(i).text() for i in range(self.extra_dirs.count())])
