@@ -44,6 +44,20 @@ def _scrub_environ() -> None:
 
 _scrub_environ()
 
+# GPU tests (tests/app/test_vulkan.py) use the first Vulkan device; on CI that is lavapipe (Mesa's Vulkan on the
+# CPU), which llama.cpp lists only with GGML_VK_VISIBLE_DEVICES set, run with fp16 off as llama.cpp's own CI does.
+# Set for the whole session, whatever the caller has: ggml reads them once, when the Vulkan module is loaded.
+os.environ["GGML_VK_VISIBLE_DEVICES"] = "0"
+os.environ["GGML_VK_DISABLE_F16"] = "1"
+GPU_SKIP_MARK = "GPU tests not run"   # tests/app/test_vulkan.py's skip reasons start so; summarized at the end
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if GPU_SKIP_MARK in str(r.longrepr)]
+    if skipped:
+        reason = str(skipped[0].longrepr[2]) if isinstance(skipped[0].longrepr, tuple) else ""
+        terminalreporter.write_line(f"NOTE: {len(skipped)} GPU tests were NOT run: {reason}", yellow=True, bold=True)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path_factory, monkeypatch):

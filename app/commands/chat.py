@@ -19,6 +19,8 @@ from app.commands import _args as A
 from app.core.chat_types import Message, Reply, SamplingSettings
 from app.core.thinking import Segment
 
+from .device_flags import add_device_flags
+
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 THINKING = "thinking: "
 
@@ -44,8 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="context window in tokens (default 4096; 0 = the model's trained length)")
     p.add_argument("--threads", type=A.threads, default="auto", metavar="N",
                    help="CPU threads (default: the physical cores)")
-    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
-                   help="layers to offload to the GPU (-1 = all; needs a GPU build of llama.cpp)")
+    add_device_flags(p)
     p.add_argument("--no-history", action="store_true", help="do not save this conversation")
     return p
 
@@ -164,6 +165,9 @@ def _on_sigint(handler: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     from app.core.engine import Engine
     from app.core.history import History
+    from app.core.load_options import LoadOptions
+
+    from .device_flags import device_fields
 
     settings = SamplingSettings(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                                 greedy=args.greedy, seed=args.seed)
@@ -172,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if history is not None and history.notice:
         err.write(f"note: {history.notice}\n")
     try:
-        with Engine(args.model, n_ctx=args.ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                    seed=args.seed) as engine:
+        options = LoadOptions(n_threads=args.threads, **device_fields(args))
+        with Engine(args.model, n_ctx=args.ctx, seed=args.seed, options=options) as engine:
             session = Session(engine, settings, args.system, history)
             if args.prompt is not None:
                 reply = session.ask(args.prompt, Printer(out, err))

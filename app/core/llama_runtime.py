@@ -80,18 +80,15 @@ _GPU_NAMES = {"CUDA": "CUDA", "Metal": "Metal", "MTL": "Metal", "Vulkan": "Vulka
 
 
 def gpu_backend() -> str | None:
-    """The GPU backend this llama.cpp build offloads to (``"CUDA"``, ``"Metal"``, ``"Vulkan"``, ...), or ``None``
-    for a CPU-only build."""
-    import llama_cpp
+    """The GPU backend of this machine's first GPU device (``"CUDA"``, ``"Metal"``, ``"Vulkan"``, ...: linked into
+    the build or an installed GPU module, see :mod:`app.core.backends`), or ``None`` when there is none.  RPC
+    workers do not count here (``llama_supports_gpu_offload()`` is true for any build with RPC)."""
+    from . import backends
 
-    if not llama_cpp.llama_supports_gpu_offload():
-        return None
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
-    for part in info.split("|"):
-        name = part.split("=")[0].split(":")[0].strip()
-        if name in _GPU_NAMES:
-            return _GPU_NAMES[name]
-    return "GPU"
+    for dev in backends.list_devices():
+        if not dev.remote and dev.kind in ("GPU", "iGPU"):
+            return _GPU_NAMES.get(dev.backend, dev.backend)
+    return None
 
 
 def _memory(meminfo_key: str, sysconf_pages: str) -> int | None:

@@ -64,7 +64,7 @@ def test_gpu_layers_refused_on_a_cpu_build(model_path):
         with Engine(model_path, n_ctx=256, n_gpu_layers=1) as e:
             assert e.backend == gpu_backend()
         return
-    assert not llama_cpp.llama_supports_gpu_offload()
+    # (llama_supports_gpu_offload() is true for any build with RPC: a device is what counts)
     with pytest.raises(GpuUnavailableError, match="no GPU offload.*set GPU layers to 0"):
         Engine(model_path, n_ctx=256, n_gpu_layers=10)
 
