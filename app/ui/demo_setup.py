@@ -41,15 +41,16 @@ def setup_demo(*, progress: Callable[[DemoProgress], None] | None = None,
     """Build the demo checkpoint and convert it to each of :data:`DEMO_RECIPES` (skipping files that exist).
     Returns the GGUF paths, reference first."""
     import quantizer
-    from app.core.demo import DEMO_NAME, build_demo_checkpoint
+    from app.core.demo import DEMO_DOWNLOAD_MB, DEMO_NAME, build_demo_checkpoint, demo_source
 
     def report(stage: str, done: int, total: int) -> None:
         if progress is not None:
             progress(DemoProgress(stage, done, total))
 
-    report("Rebuilding the SmolLM2 checkpoint from its package", 0, 1)
-    ck = build_demo_checkpoint(progress=lambda d, t: report("Rebuilding the SmolLM2 checkpoint from its package",
-                                                             d, t))
+    first = ("Rebuilding the SmolLM2 checkpoint from its package" if demo_source() == "package" else
+             f"Downloading SmolLM2-135M-Instruct from the Hugging Face Hub (once, about {DEMO_DOWNLOAD_MB} MB)")
+    report(first, 0, 1)
+    ck = build_demo_checkpoint(progress=lambda d, t: report(first, d, t), cancel=cancel)
     outs = []
     for recipe in DEMO_RECIPES:
         out = output_path(DEMO_NAME, recipe)
