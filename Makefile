@@ -3,10 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run demo test lint bench bundle clean
+.PHONY: setup gpu run demo test lint bench bundle clean
 
 setup:
 	$(PYTHON) tools/bootstrap.py
+
+# GPU offload: build llama.cpp's GPU backend as a module for the installed wheel (cached in the user cache dir;
+# later `make setup`/`make test` keep it).  GPU=vulkan | cuda | rocm (comma-separated for several; none removes).
+GPU ?= vulkan
+gpu:
+	$(PYTHON) tools/bootstrap.py --gpu $(GPU)
 
 run: setup
 	$(VENV)/bin/distilldesk
