@@ -36,7 +36,7 @@ from .errors import (
     OutputNotWritableError,
 )
 from .model_card import model_card_kv
-from .recipes import FLOAT_RECIPES, QUANTIZATION_VERSION, TensorInfo, plan
+from .recipes import FLOAT_RECIPES, QUANTIZATION_VERSION, TensorInfo, plan, with_types
 from .stream import ConvertProgress, TensorStream
 from .tokenizer import export_vocab
 from .writer import StreamingGGUFWriter
@@ -57,12 +57,14 @@ class ConvertResult:
 
 def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: str, *, threads: int | None = None,
             imatrix: str | os.PathLike[str] | None = None, progress: Callable[[ConvertProgress], None] | None = None,
-            cancel: threading.Event | None = None, pre_tokenizer: str | None = None) -> ConvertResult:
+            cancel: threading.Event | None = None, pre_tokenizer: str | None = None,
+            tensor_types: dict[str, str] | None = None) -> ConvertResult:
     """Convert checkpoint ``src`` (folder or cached Hub repo id) to the GGUF ``out`` with ``recipe``.
 
     Raises a :class:`~quantizer.errors.QuantizerError` subclass for bad input (before writing anything) and
     :class:`~quantizer.errors.ConversionCancelled` when ``cancel`` is set; neither leaves a file at ``out``
-    nor a temporary file beside it.
+    nor a temporary file beside it.  ``tensor_types`` replaces the recipe's type of the named tensors (a placed
+    recipe's plan, see :mod:`quantizer.sensitivity`); the file type stays the recipe's.
     """
     t0 = time.perf_counter()
     folder = resolve_source(src)
@@ -74,6 +76,8 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: st
         im = _load_imatrix(imatrix)
         p = plan(recipe, [TensorInfo(t.name, t.shape) for t in tensors], archmod.model_params(arch, cfg),
                  has_imatrix=im is not None)
+        if tensor_types:
+            p = with_types(p, [TensorInfo(t.name, t.shape) for t in tensors], tensor_types)
         _check_output(out, ckpt, p.n_bytes)
         if p.recipe not in FLOAT_RECIPES:  # llama-quantize writes the tensors in its loader's order
             tensors = sorted(tensors, key=_llama_quantize_order)

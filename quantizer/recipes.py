@@ -368,6 +368,27 @@ def plan(recipe: str, tensors: Sequence[TensorInfo], params: ModelParams, *, has
                 bits_per_weight=bpw, recipe=info.name, n_fallback=len(fallbacks), fallbacks=fallbacks)
 
 
+def with_types(p: Plan, tensors: Sequence[TensorInfo], types: dict[str, GGMLQuantizationType | str]) -> Plan:
+    """``p`` with some tensors' types replaced (a placed recipe such as :mod:`quantizer.sensitivity` chose them),
+    size and bits per weight recomputed.  Only tensors the recipe quantizes may change, to a type whose block
+    fits their rows; anything else is a ValueError."""
+    by_name = {t.name: t for t in tensors}
+    new = dict(p.types)
+    for name, qtype in types.items():
+        qtype = qtype if isinstance(qtype, GGMLQuantizationType) else T[str(qtype).upper()]
+        t = by_name.get(name)
+        if t is None:
+            raise ValueError(f"no tensor {name!r} in this model")
+        if not allows_quantization(t) or p.types[name] in _FLOAT_TYPES:
+            raise ValueError(f"tensor {name!r} is not quantized by {p.recipe}; its type cannot be chosen")
+        if t.shape[-1] % GGML_QUANT_SIZES[qtype][0] != 0:
+            raise ValueError(f"tensor {name!r} has rows of {t.shape[-1]}, not a multiple of {qtype.name}'s block")
+        new[name] = qtype
+    n_bytes, bpw = _sizes(tensors, new)
+    return Plan(types=new, file_type=p.file_type, n_bytes=n_bytes, bits_per_weight=bpw, recipe=p.recipe,
+                n_fallback=p.n_fallback, fallbacks=list(p.fallbacks))
+
+
 def estimate(recipe: str, tensors: Sequence[TensorInfo], params: ModelParams) -> tuple[int, float]:
     """Predicted tensor-data bytes and bits per weight of ``recipe`` (what the GUI shows before any work)."""
     p = plan(recipe, tensors, params)
