@@ -81,14 +81,29 @@ def _demo_model() -> Path:
 
 
 def _generate(path: Path) -> str:
+    from app.core import backends
     from app.core.chat_types import SamplingSettings
     from app.core.engine import Engine
+    from app.core.load_options import LoadOptions
 
-    with Engine(path, n_ctx=256) as engine:
+    # With a GPU device (a GPU module, or a GPU build), generate on it: the GPU path is what needs checking.
+    gpu = any(not d.remote and d.kind in ("GPU", "iGPU") for d in backends.list_devices())
+    with Engine(path, n_ctx=256, options=LoadOptions(n_gpu_layers=-1 if gpu else 0)) as engine:
         reply = engine.complete("The capital of France is", settings=SamplingSettings(greedy=True, max_tokens=6))
     if reply.stats.generated_tokens < 1:
         raise AssertionError("the model generated no token")
-    return f"{path.name} ({engine.backend}): {reply.text!r}, {reply.stats.decode_tokens_per_s:.0f} tok/s"
+    offload = f", {engine.load_report.summary()}" if gpu else ""
+    return (f"{path.name} ({engine.backend}{offload}): {reply.text!r}, "
+            f"{reply.stats.decode_tokens_per_s:.0f} tok/s")
+
+
+def _step_devices() -> str:
+    from app.core import backends
+
+    modules = [f"{name}: {reg or 'FAILED to load (see the log with --debug)'}"
+               for name, reg in backends.load_gpu_modules().items()]
+    devices = "; ".join(d.label() for d in backends.list_devices())
+    return devices + (f" [GPU modules: {', '.join(modules)}]" if modules else " [no GPU module: `make gpu`]")
 
 
 def _step_generate(model: str) -> str:
@@ -138,7 +153,8 @@ def _step_tiny_model() -> str:
 
 
 def run_self_test(model: str | None = None) -> int:
-    steps: list[tuple[str, Callable[[], str]]] = [("open main window", _step_window)]
+    steps: list[tuple[str, Callable[[], str]]] = [("open main window", _step_window),
+                                                  ("list devices", _step_devices)]
     if model:
         steps.append(("load model and generate", lambda: _step_generate(model)))
     else:

@@ -117,6 +117,9 @@ def _ggml() -> Any:
         if _state.ggml is None:
             import llama_cpp  # noqa: F401 - loads libllama and, through it, the libggml copies it uses
 
+            from .llama_runtime import install_llama_log_handler
+
+            install_llama_log_handler()          # module loading logs too: to logging, not the terminal
             reg, base = ctypes.CDLL(str(_lib_file("ggml"))), ctypes.CDLL(str(_lib_file("ggml-base")))
             vp, sz = ctypes.c_void_p, ctypes.c_size_t
             for name, res, args in [("ggml_backend_dev_count", sz, ()), ("ggml_backend_dev_get", vp, (sz,)),
