@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[3]
 TOOLS = ("Xvfb", "xdotool", "import")
 QUESTION = "Name the capital of France."
 
@@ -67,11 +68,10 @@ class App:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
         env.update(DISPLAY=display, QT_QPA_PLATFORM="xcb", DISTILLDESK_TEST_GEOMETRY_FILE=str(self.geometry))
         self.env = env
-        exe = Path(sys.executable).with_name("distilldesk")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from app.cli import main; "
-                                                                     "sys.exit(main(sys.argv[1:]))"]
+        # `distilldesk --demo` as the console script runs it (app.cli.main), from this checkout's sources
+        cmd = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))", "--demo"]
         self.log = open(tmp / "app.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([*cmd, "--demo"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         self.log.flush()
