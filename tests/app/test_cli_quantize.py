@@ -12,6 +12,7 @@ from app.cli import main
 from app.core import library, paths
 from app.core.checkpoint_plan import plan_checkpoint
 from app.core.gguf_header import read_header
+from quantizer.checkpoint import model_name
 
 LEGACY = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16"}   # what a k-quant falls back to
 
@@ -36,7 +37,8 @@ def test_the_plan_agrees_with_the_gguf_our_quantizer_makes(smollm2_checkpoint, s
                                              and t.name != "token_embd.weight" for t in tensors)
     assert plan.n_fallback == legacy and (legacy > 100 or recipe == "Q8_0")
     summary = plan.summary()
-    assert summary.startswith(f"{h.name} -> {recipe}: predicted {plan.size_bytes / 1e6:.1f} MB, "
+    name = model_name(smollm2_checkpoint)  # the checkpoint's name (the GGUF's general.name is the converter's)
+    assert summary.startswith(f"{name} -> {recipe}: predicted {plan.size_bytes / 1e6:.1f} MB, "
                               f"{h.bits_per_weight:.2f} bits per weight, 272 tensors")
     assert summary.endswith(f" ({legacy} fall back from k-quants: rows not a multiple of 256)" if legacy
                             else "272 tensors")
