@@ -226,7 +226,9 @@ class Engine:
                          file_type=h.file_type_name, size_bytes=h.file_size,
                          n_params=n_params, context_length=int(h.arch_value("context_length", 0) or 0),
                          vocab_size=int(self._llama.n_vocab()), chat_template=self._template.source
-                         if not self._template.is_fallback else None, n_ctx=self.n_ctx, backend=self._backend)
+                         if not self._template.is_fallback else None, n_ctx=self.n_ctx, backend=self._backend,
+                         offload=self.load_report.summary() if self._plan.devices else "",
+                         workers=self._plan.endpoints)
 
     # ---- facts ------------------------------------------------------------------------------------------------
     @property

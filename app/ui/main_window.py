@@ -119,7 +119,8 @@ class MainWindow(QMainWindow):
 
     def _on_model_loaded(self, info: Any) -> None:
         self.model_status.setText(f"{info.name} · {info.file_type}")
-        self.backend_status.setText(f"backend: {info.backend}")
+        self.backend_status.setText(f"backend: {info.backend}" + (f" · {info.offload}" if info.offload else "")
+                                    + (f" · on remote workers {', '.join(info.workers)}" if info.workers else ""))
 
     def _on_model_unloaded(self) -> None:
         """No model, no speed: the last reply's tok/s belonged to the model that is gone."""

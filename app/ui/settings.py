@@ -37,11 +37,13 @@ class AppSettings:
     flash_attn: str = "auto"  # "auto" | "on" | "off" (app.core.load_options.FLASH_ATTN_CHOICES)
     kv_cache_type: str = "f16"  # "f16" | "q8_0"
     reference_cache_gb: float = 4.0  # stored reference distributions (compare/eval) kept at most, oldest out
+    rpc_workers: list[str] = field(default_factory=list)  # host:port of `distilldesk worker`s (llama.cpp RPC)
 
     def load_options(self) -> LoadOptions:
         """The one set of load settings every model load takes (chat, compare, eval, probes)."""
         return LoadOptions(n_threads=self.effective_threads(), n_gpu_layers=self.gpu_layers,
-                           flash_attn=self.flash_attn, kv_cache_type=self.kv_cache_type)
+                           flash_attn=self.flash_attn, kv_cache_type=self.kv_cache_type,
+                           rpc_workers=tuple(self.rpc_workers))
 
     def reference_store(self) -> RefStore:
         """The stored references of compare/eval, bounded by this setting."""

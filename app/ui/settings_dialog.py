@@ -1,6 +1,6 @@
-"""Settings dialog: threads, GPU layers (greyed out with the reason when this llama.cpp build has no GPU
-offload), context size, and the data folders (where models, history and downloads live, plus extra folders
-scanned for GGUFs)."""
+"""Settings dialog: threads, devices (with memory), GPU layers (greyed out with the reason when there is no GPU
+device and no worker), RPC workers, context size, and the data folders (where models, history and downloads live,
+plus extra folders scanned for GGUFs)."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QPushButton,
     QSpinBox,
@@ -29,8 +30,20 @@ from app.core import paths
 
 from .settings import AppSettings
 
-NO_GPU_REASON = ("This llama.cpp build has no GPU offload (CPU only). Rebuild with GPU support, e.g. "
-                 "DISTILLDESK_CMAKE_ARGS=-DGGML_CUDA=on make run")
+NO_GPU_REASON = ("No GPU device and no worker: GPU layers need a GPU backend (build one with `make gpu "
+                 "GPU=vulkan`, or cuda / rocm) or an RPC worker (add one below).")
+WORKERS_HINT = ("Machines running `distilldesk worker`: the model's layers are spread over their devices. ggml RPC "
+                "has no authentication or encryption: use an SSH tunnel or a private network.")
+
+
+def device_lines() -> list[str]:
+    """This machine's devices with their memory (CPU, GPU module devices), for the Settings dialog."""
+    from app.core import backends
+
+    try:
+        return [d.label() for d in backends.list_devices() if not d.remote]
+    except Exception as e:  # noqa: BLE001 - a broken llama.cpp install shows no devices, the app still opens
+        return [f"(devices unavailable: {e})"]
 
 
 def gpu_backend_name() -> str | None:
@@ -68,14 +81,12 @@ class SettingsDialog(QDialog):
         self.gpu_reason = QLabel()
         self.gpu_reason.setObjectName("hintLabel")
         self.gpu_reason.setWordWrap(True)
-        backend = gpu_backend_name()
-        if backend is None:
-            self.gpu_layers.setValue(0)
-            self.gpu_layers.setEnabled(False)
-            self.gpu_layers.setToolTip(NO_GPU_REASON)
-            self.gpu_reason.setText(NO_GPU_REASON)
-        else:
-            self.gpu_reason.setText(f"GPU offload via {backend}; -1 (all) offloads every layer.")
+        self._gpu = gpu_backend_name()
+        self.devices = QLabel("\n".join(device_lines()))
+        self.devices.setObjectName("devicesLabel")
+        self.devices.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._workers_controls(settings)
+        self._update_gpu_layers()
         self.context = QSpinBox()
         self.context.setRange(256, 131072)
         self.context.setSingleStep(1024)
@@ -84,8 +95,10 @@ class SettingsDialog(QDialog):
         engine = QGroupBox("Inference (applies to the next model loaded)")
         f = QFormLayout(engine)
         f.addRow("CPU threads", self.threads)
+        f.addRow("Devices", self.devices)
         f.addRow("GPU layers", self.gpu_layers)
         f.addRow("", self.gpu_reason)
+        f.addRow("Workers", self._workers_box)
         f.addRow("Context size (tokens)", self.context)
         f.addRow("Flash attention", self.flash_attn)
         f.addRow("KV cache type", self.kv_cache_type)
@@ -145,6 +158,70 @@ class SettingsDialog(QDialog):
         self.reference_cache.setToolTip("Compare and the eval ladder keep the reference model's answers and "
                                         "distributions on disk so it need not run again; the oldest go first.")
 
+    def _workers_controls(self, settings: AppSettings) -> None:
+        """The list of RPC workers (host:port), an entry to add one (checked as an address, not contacted) and
+        Remove; GPU layers are enabled as soon as there is a GPU or a worker."""
+        from app.core.backends import DEFAULT_WORKER_PORT
+
+        self.workers = QListWidget()
+        self.workers.setObjectName("workersList")
+        self.workers.addItems(settings.rpc_workers)
+        self.workers.setMaximumHeight(70)
+        self.worker_entry = QLineEdit()
+        self.worker_entry.setObjectName("workerEntry")
+        self.worker_entry.setPlaceholderText(f"host:port, e.g. 127.0.0.1:{DEFAULT_WORKER_PORT}")
+        add = QPushButton("Add worker")
+        add.setObjectName("addWorker")
+        add.clicked.connect(self._add_worker)
+        self.worker_entry.returnPressed.connect(self._add_worker)
+        remove = QPushButton("Remove")
+        remove.setObjectName("removeWorker")
+        remove.clicked.connect(self._remove_workers)
+        self.workers_hint = QLabel(WORKERS_HINT)
+        self.workers_hint.setObjectName("hintLabel")
+        self.workers_hint.setWordWrap(True)
+        row = QHBoxLayout()
+        for w in (self.worker_entry, add, remove):
+            row.addWidget(w)
+        box = QVBoxLayout()
+        box.addWidget(self.workers)
+        box.addLayout(row)
+        box.addWidget(self.workers_hint)
+        self._workers_box = QWidget()
+        self._workers_box.setLayout(box)
+
+    def _add_worker(self) -> None:
+        from app.core.backends import parse_endpoint
+        from app.core.errors import EngineSettingError
+
+        text = self.worker_entry.text().strip()
+        try:
+            parse_endpoint(text)
+        except EngineSettingError as e:
+            self.workers_hint.setText(str(e))
+            return
+        self.workers.addItem(text)
+        self.worker_entry.clear()
+        self.workers_hint.setText(WORKERS_HINT)
+        self._update_gpu_layers()
+
+    def _remove_workers(self) -> None:
+        for item in self.workers.selectedItems():
+            self.workers.takeItem(self.workers.row(item))
+        self._update_gpu_layers()
+
+    def _update_gpu_layers(self) -> None:
+        n_workers = self.workers.count()
+        if self._gpu is None and not n_workers:
+            self.gpu_layers.setEnabled(False)
+            self.gpu_layers.setToolTip(NO_GPU_REASON)
+            self.gpu_reason.setText(NO_GPU_REASON)
+            return
+        self.gpu_layers.setEnabled(True)
+        self.gpu_layers.setToolTip("")
+        via = " and ".join(x for x in (self._gpu, f"{n_workers} remote worker(s)" if n_workers else "") if x)
+        self.gpu_reason.setText(f"GPU offload via {via}; -1 (all) offloads every layer.")
+
     @staticmethod
     def _folder_row(path: str) -> QWidget:
         w = QWidget()
@@ -171,4 +248,5 @@ class SettingsDialog(QDialog):
             gpu_layers=self.gpu_layers.value() if self.gpu_layers.isEnabled() else 0,
             context_size=self.context.value(), flash_attn=self.flash_attn.currentData(),
             kv_cache_type=self.kv_cache_type.currentData(), reference_cache_gb=self.reference_cache.value(),
-            extra_model_dirs=[self.extra_dirs.item(i).text() for i in range(self.extra_dirs.count())])
+            extra_model_dirs=[self.extra_dirs.item(i).text() for i in range(self.extra_dirs.count())],
+            rpc_workers=[self.workers.item(i).text() for i in range(self.workers.count())])

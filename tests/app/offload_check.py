@@ -2,6 +2,7 @@
 same logits.  Used by tests/app/test_vulkan.py and tests/app/test_rpc.py and by benchmarks/bench_engine.py."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,3 +63,23 @@ def assert_matches_cpu(cpu: Run, other: Run) -> None:
     kl, gap = logit_gap(cpu.logits, other.logits)
     assert kl < MAX_MEAN_KL and gap < MAX_ABS_LOGIT, f"{other.backend}: mean KL {kl:.2e}, max |dlogit| {gap:.3f}"
     assert (cpu.logits.argmax(1) == other.logits.argmax(1)).mean() >= MIN_TOP1
+
+
+def require_vulkan():
+    """The first Vulkan device; in CI (``CI`` set) a failure when there is none, elsewhere a skip whose reason
+    starts with tests.conftest.GPU_SKIP_MARK (the run's summary then says the GPU tests were not run)."""
+    import pytest
+
+    from app.core import backends
+    from tests.conftest import GPU_SKIP_MARK
+
+    devices = [d for d in backends.list_devices() if d.backend == "Vulkan"]
+    if devices:
+        return devices[0]
+    if not any("vulkan" in p.name for p in backends.gpu_module_files()):
+        why = "no Vulkan backend module is installed (build it with `make gpu GPU=vulkan`)"
+    else:
+        why = "the Vulkan module finds no device (install a driver, e.g. Debian's mesa-vulkan-drivers)"
+    if os.environ.get("CI"):
+        pytest.fail(f"the GPU tests are required in CI: {why}")
+    pytest.skip(f"{GPU_SKIP_MARK}: {why}")

@@ -7,28 +7,14 @@ module or no device is a failure, never a skip; elsewhere they are skipped and t
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.app.offload_check import assert_matches_cpu, greedy_run
-from tests.conftest import GPU_SKIP_MARK
+from tests.app.offload_check import assert_matches_cpu, greedy_run, require_vulkan
 
 
 @pytest.fixture(scope="module")
 def vulkan_device():
-    from app.core import backends
-
-    devices = [d for d in backends.list_devices() if d.backend == "Vulkan"]
-    if devices:
-        return devices[0]
-    if not any("vulkan" in p.name for p in backends.gpu_module_files()):
-        why = "no Vulkan backend module is installed (build it with `make gpu GPU=vulkan`)"
-    else:
-        why = "the Vulkan module finds no device (install a driver, e.g. Debian's mesa-vulkan-drivers)"
-    if os.environ.get("CI"):
-        pytest.fail(f"the GPU tests are required in CI: {why}")
-    pytest.skip(f"{GPU_SKIP_MARK}: {why}")
+    return require_vulkan()
 
 
 @pytest.mark.parametrize("recipe", ["Q4_K_M", "Q8_0"])

@@ -1,0 +1,65 @@
+"""Settings shows this machine's devices and takes RPC workers; the status bar says where a model runs."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QDialogButtonBox, QLabel, QLineEdit, QPushButton, QSpinBox
+
+from tests.app.offload_check import require_vulkan
+from tests.app.ui.gui_driver import click, trigger_menu, wait_for
+
+
+def _settings_dialog(window):
+    from app.ui.settings_dialog import SettingsDialog
+
+    trigger_menu(window, "File", "Settings…")
+    assert wait_for(lambda: isinstance(QApplication.activeModalWidget(), SettingsDialog)
+                    and QApplication.activeModalWidget().isVisible())
+    return QApplication.activeModalWidget()
+
+
+def test_settings_shows_the_gpu_and_the_status_bar_the_offload(window, library_models, qtbot):
+    device = require_vulkan()
+    dlg = _settings_dialog(window)
+    devices = dlg.findChild(QLabel, "devicesLabel")
+    assert device.name in devices.text() and "GiB" in devices.text() and "CPU" in devices.text()
+    layers = dlg.gpu_layers
+    assert isinstance(layers, QSpinBox) and layers.isEnabled()
+    layers.setFocus()
+    layers.selectAll()
+    QTest.keyClicks(layers, "-1")                           # "all"
+    click(dlg.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok))
+    assert window.settings.gpu_layers == -1
+    (q8,) = library_models("Q8_0")
+    with qtbot.waitSignal(window.chat.modelLoaded, timeout=180000):
+        window.open_chat(q8)
+    text = window.backend_status.text()
+    assert text.startswith("backend: Vulkan") and "31/31 layers offloaded" in text and device.name in text
+
+
+def test_workers_are_added_in_settings_and_enable_gpu_layers(window):
+    dlg = _settings_dialog(window)
+    entry = dlg.findChild(QLineEdit, "workerEntry")
+    entry.setFocus()
+    QTest.keyClicks(entry, "not an address")
+    click(dlg.findChild(QPushButton, "addWorker"))
+    assert dlg.workers.count() == 0 and "is not a worker address" in dlg.workers_hint.text()
+    entry.clear()
+    QTest.keyClicks(entry, "127.0.0.1:50052")
+    click(dlg.findChild(QPushButton, "addWorker"))
+    assert dlg.workers.count() == 1 and dlg.gpu_layers.isEnabled()
+    assert "remote worker" in dlg.gpu_reason.text()
+    QTest.keyClicks(entry, "[::1]:50053")
+    QTest.keyClick(entry, Qt.Key.Key_Return)        # Enter adds it, and (as in any dialog) accepts
+    assert wait_for(lambda: not dlg.isVisible())
+    assert window.settings.rpc_workers == ["127.0.0.1:50052", "[::1]:50053"]
+    assert window.settings.load_options().rpc_workers == ("127.0.0.1:50052", "[::1]:50053")
+    dlg = _settings_dialog(window)
+    dlg.workers.setCurrentRow(0)
+    click(dlg.findChild(QPushButton, "removeWorker"))
+    dlg.workers.setCurrentRow(0)
+    click(dlg.findChild(QPushButton, "removeWorker"))
+    if dlg._gpu is None:                             # no local GPU: nothing left to offload to
+        assert not dlg.gpu_layers.isEnabled()
+    click(dlg.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok))
+    assert window.settings.rpc_workers == []
