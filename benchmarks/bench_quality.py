@@ -180,25 +180,31 @@ def measure(label: str, gguf_path: Path, base: Path, work: Path, threads: int) -
 
 
 # ---- the sensitivity recipe --------------------------------------------------------------------------------
-def sensitivity_gguf(f16: Path, imatrix: Path, target: int, work: Path) -> tuple[Path, str]:
-    """Q3_K_D: per-tensor types placed by measured sensitivity to hit ``target`` bytes (Q3_K_M+imatrix's file)."""
-    from quantizer.sensitivity import place, tensor_costs
+def sensitivity_gguf(f16: Path, imatrix: Path, q3km: Path, work: Path) -> tuple[Path, str]:
+    """Q3_K_D: block tensors' types placed by measured sensitivity in the bytes Q3_K_M+imatrix gives them (the
+    other tensors keep Q3_K_M's types), so the file is Q3_K_M's size."""
+    import gguf
 
     import quantizer
+    from quantizer.sensitivity import _padded, place, tensor_costs
     from tests.qwen15 import qwen15_checkpoint_path
 
-    out = work / "qwen15-Q3_K_D-imat.gguf"
+    out = work / "qwen15-Q3_K_D-imatrix.gguf"
     plan_file = work / "q3_k_d-plan.json"
     if out.exists() and plan_file.exists():
         return out, json.loads(plan_file.read_text())["summary"]
+    t0 = time.perf_counter()
     costs = tensor_costs(f16, imatrix, cache=work / "costs.json")
-    header = f16.stat().st_size - sum(c.bytes_at("F16") for c in costs.values())
-    placed = place(costs, "Q3_K_M", target_file_bytes=target, header_bytes=header)
-    tmp = work / "qwen15-Q3_K_D-imat.partial.gguf"
+    measured = time.perf_counter() - t0
+    base = {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in gguf.GGUFReader(q3km).tensors}
+    budget = sum(_padded(base[n][1]) for n in costs)
+    placed = place(costs, {n: base[n][0] for n in costs}, budget)
+    tmp = work / "qwen15-Q3_K_D-imatrix.partial"
     quantizer.convert(qwen15_checkpoint_path(), tmp, "Q3_K_M", imatrix=imatrix, tensor_types=placed.types)
     os.replace(tmp, out)
-    plan_file.write_text(json.dumps({"summary": placed.summary(), "types": placed.types}, indent=1))
-    return out, placed.summary()
+    summary = f"(costs measured in {measured:.0f} s)\n" + placed.summary()
+    plan_file.write_text(json.dumps({"summary": summary, "types": placed.types}, indent=1))
+    return out, summary
 
 
 # ---- main --------------------------------------------------------------------------------------------------
@@ -234,8 +240,8 @@ def main() -> int:
         rows[label] = measure(label, path, base, work, args.threads)
         _print_row(rows[label])
     if not args.no_sensitivity:
-        target = rows["Q3_K_M+imatrix"]["size"]
-        path, summary = sensitivity_gguf(f16, imatrix, target, work)
+        q3km = Path(rows["Q3_K_M+imatrix"]["file"])
+        path, summary = sensitivity_gguf(f16, imatrix, q3km, work)
         rows["Q3_K_D+imatrix"] = measure("Q3_K_D+imatrix", path, base, work, args.threads)
         print(summary)
     print(f"\n{'quantization':<16} {'size MiB':>9} {'bpw':>6} {'mean KL':>9} {'top-1 %':>8} {'PPL':>8}  ratio")

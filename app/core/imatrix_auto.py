@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .imatrix import DEFAULT_CHUNK_SIZE, ImatrixProgress, builtin_calibration_text, cache_key, cached_path
@@ -56,13 +57,18 @@ def auto_imatrix(src: str | os.PathLike[str], *, n_chunks: int | None = None, op
     """The importance matrix of checkpoint ``src`` over the built-in calibration text (computed or cached)."""
     from .imatrix import compute_imatrix
 
-    ref = reference_gguf(src)
-    if ref is None:
-        ref = _make_reference(src, threads, convert_progress, cancel, notice)
+    ref = ensure_reference(src, threads=threads, progress=convert_progress, cancel=cancel, notice=notice)
     if notice is not None:
         notice(f"importance matrix: running {ref.name} over the built-in calibration text")
     res = compute_imatrix(ref, None, n_chunks=n_chunks, options=options, progress=progress, cancel=cancel)
     return res.path
+
+
+def ensure_reference(src: str | os.PathLike[str], *, threads: int | None = None,
+                     progress: Callable[..., None] | None = None, cancel: threading.Event | None = None,
+                     notice: Callable[[str], None] | None = None) -> Path:
+    """:func:`reference_gguf`, made (Q8_0, in the library) when there is none."""
+    return reference_gguf(src) or _make_reference(src, threads, progress, cancel, notice)
 
 
 def _make_reference(src, threads, convert_progress, cancel, notice) -> Path:
@@ -81,3 +87,37 @@ def _make_reference(src, threads, convert_progress, cancel, notice) -> Path:
         remove_empty_folders(made)
         raise
     return out
+
+
+@dataclass(frozen=True)
+class PhaseProgress:
+    """Progress of the importance-matrix phase, shaped like quantizer's ConvertProgress (tensor / index / count /
+    bytes) so a view that shows conversion progress shows this too."""
+    tensor: str
+    index: int
+    count: int
+    bytes_done: int
+    bytes_total: int
+
+
+def convert_with_auto_imatrix(src: str | os.PathLike[str], out: str | os.PathLike[str], recipe: str, *,
+                              threads: int | None = None, progress: Callable[..., None] | None = None,
+                              cancel: threading.Event | None = None, **kwargs) -> object:
+    """:func:`quantizer.convert` with ``imatrix="auto"`` resolved first (the quantize dialog's "compute")."""
+    import quantizer
+
+    def on_chunk(p: ImatrixProgress) -> None:
+        if progress is not None:
+            progress(PhaseProgress(f"importance matrix: chunk {p.chunk}/{p.n_chunks}", p.chunk, p.n_chunks,
+                                   p.chunk, p.n_chunks))
+
+    path = auto_imatrix(src, options=LoadOptions(n_threads=threads), threads=threads, progress=on_chunk,
+                        cancel=cancel)
+    return quantizer.convert(src, out, recipe, threads=threads, imatrix=path, progress=progress, cancel=cancel,
+                             **kwargs)
+
+
+def builtin_chunks(chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """About how many chunks the built-in text holds (3.3 characters per token, as Qwen2/Llama-3 tokenizers give
+    on it), for the dialog's time estimate."""
+    return max(1, int(len(builtin_calibration_text()) / 3.3) // chunk_size)

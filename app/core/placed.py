@@ -1,0 +1,80 @@
+"""Sensitivity-placed recipes (``Q2_K_D``, ``Q3_K_D``, ``Q4_K_D``, ``Q5_K_D``): the size of a llama.cpp recipe (or
+a size the user names), the bits placed where this model measures sensitive (:mod:`quantizer.sensitivity`).
+
+Needs what an importance matrix needs, a GGUF of the model to read weights from (F16/BF16/Q8_0 in the library,
+else a Q8_0 made there) and the importance matrix (given, or computed over the built-in text: cached).  The plan
+(:class:`~quantizer.sensitivity.Placement`, its ``summary()`` says which tensors got which type and why) is made
+before any quantizing; the GGUF is then the base recipe's with the placed tensor types: standard types, an
+ordinary file that stock llama.cpp loads.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PLACED_RECIPES = {"Q2_K_D": "Q2_K", "Q3_K_D": "Q3_K_M", "Q4_K_D": "Q4_K_M", "Q5_K_D": "Q5_K_M"}
+
+
+def is_placed(recipe: str) -> bool:
+    return str(recipe).upper() in PLACED_RECIPES
+
+
+@dataclass
+class PlacedPlan:
+    recipe: str  # "Q3_K_D"
+    base_recipe: str  # "Q3_K_M": file type, and the types of the tensors outside the blocks
+    placement: object  # quantizer.sensitivity.Placement
+    n_bytes: int  # predicted tensor data
+
+    @property
+    def types(self) -> dict[str, str]:
+        return self.placement.types
+
+    def summary(self) -> str:
+        return (f"{self.recipe}: {self.base_recipe}'s tensors outside the blocks; block tensors placed by measured "
+                f"sensitivity; predicted tensor data {self.n_bytes / 2**20:.1f} MiB\n" + self.placement.summary())
+
+
+def placed_plan(src: str | os.PathLike[str], recipe: str, *, reference: str | os.PathLike[str],
+                imatrix: str | os.PathLike[str] | None, target_bytes: int | None = None,
+                cost_cache: str | os.PathLike[str] | None = None) -> PlacedPlan:
+    """Plan ``recipe`` (a key of :data:`PLACED_RECIPES`) for checkpoint ``src``: block tensors placed in the bytes
+    the base recipe gives them, or in ``target_bytes`` of tensor data in all."""
+    from quantizer.recipes import ALIGNMENT, plan, tensor_bytes, with_types
+    from quantizer.sensitivity import place, tensor_costs
+
+    from .checkpoint_plan import checkpoint_tensors
+
+    recipe = recipe.upper()
+    base_recipe = PLACED_RECIPES[recipe]
+    ck = checkpoint_tensors(src)
+    base = plan(base_recipe, ck.tensors, ck.params, has_imatrix=imatrix is not None)
+    costs = tensor_costs(reference, imatrix, cache=cost_cache)
+    by_name = {t.name: t for t in ck.tensors}
+
+    def padded(name: str, qtype) -> int:
+        return -(-tensor_bytes(by_name[name], qtype) // ALIGNMENT) * ALIGNMENT
+
+    block = {n: c for n, c in costs.items() if n in by_name and base.types[n].name in c.errors}
+    budget = sum(padded(n, base.types[n]) for n in block)
+    if target_bytes is not None:
+        budget += target_bytes - base.n_bytes
+    placement = place(block, {n: base.types[n].name for n in block}, budget)
+    final = with_types(base, ck.tensors, placement.types)
+    return PlacedPlan(recipe, base_recipe, placement, final.n_bytes)
+
+
+def cost_cache_for(reference: Path, imatrix: Path | None) -> Path:
+    """Where the measured costs of ``reference`` with ``imatrix`` are kept (keyed by both files)."""
+    import hashlib
+
+    from .paths import cache_dir
+
+    ident = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (reference, imatrix) if p)
+    d = cache_dir() / "sensitivity"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
