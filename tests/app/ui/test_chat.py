@@ -75,7 +75,8 @@ def test_shift_enter_is_a_new_line_and_escape_stops(chat, qtbot):
 
 
 def test_regenerate_edit_and_resend_and_reopen_from_history(chat, qtbot):
-    chat.send("Say hello.")
+    qtbot.keyClicks(chat.prompt, "Say hello.")
+    qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not chat.is_busy(), timeout=120000)
     first = chat.model.message(1).content
     with qtbot.waitSignal(chat.replyFinished, timeout=120000):
@@ -85,7 +86,8 @@ def test_regenerate_edit_and_resend_and_reopen_from_history(chat, qtbot):
 
     qtbot.mouseClick(chat.transcript.widget_at(0).action, Qt.MouseButton.LeftButton)  # "Edit" on the user bubble
     assert chat.prompt.toPlainText() == "Say hello." and chat.edit_banner.isVisibleTo(chat)
-    chat.prompt.setPlainText(PROMPT)
+    qtbot.keyClick(chat.prompt, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClicks(chat.prompt, PROMPT)  # typing over the selected old text
     with qtbot.waitSignal(chat.replyFinished, timeout=120000):
         qtbot.keyClick(chat.prompt, Qt.Key.Key_Return)
     assert [m.content for m in chat.model.messages()][0] == PROMPT and chat.model.rowCount() == 2
@@ -107,19 +109,25 @@ def test_regenerate_edit_and_resend_and_reopen_from_history(chat, qtbot):
 
 
 def test_r1_sampling_defaults_and_the_system_prompt_is_sent(chat, qtbot):
-    chat.greedy.setChecked(False)
-    chat.temperature.setValue(1.3)
-    chat.top_p.setValue(0.5)
+    qtbot.mouseClick(chat.greedy, Qt.MouseButton.LeftButton)
+    assert not chat.greedy.isChecked()
+    for spin, text in ((chat.temperature, "1.3"), (chat.top_p, "0.5")):
+        spin.setFocus()
+        qtbot.keyClick(spin, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+        qtbot.keyClicks(spin, text)
+    assert (chat.sampling().temperature, chat.sampling().top_p) == (1.3, 0.5)
     qtbot.mouseClick(next(b for b in chat.findChildren(type(chat.send_button)) if b.text() == "R1 defaults"),
                      Qt.MouseButton.LeftButton)
     s = chat.sampling()
     assert (s.temperature, s.top_p, s.greedy) == (0.6, 0.95, False)
-    chat.greedy.setChecked(True)
+    qtbot.mouseClick(chat.greedy, Qt.MouseButton.LeftButton)
+    assert chat.greedy.isChecked()
     qtbot.mouseClick(chat.system_toggle, Qt.MouseButton.LeftButton)
     assert chat.system_prompt.isVisibleTo(chat)
-    chat.system_prompt.setPlainText("You are a pirate. Answer like a pirate.")
+    qtbot.keyClicks(chat.system_prompt, "You are a pirate. Answer like a pirate.")
     with qtbot.waitSignal(chat.replyFinished, timeout=120000):
-        chat.send("Who are you?")
+        qtbot.keyClicks(chat.prompt, "Who are you?")
+        qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
     from app.core.engine import Engine, SamplingSettings
 
     with Engine(chat.q8, n_ctx=1024, n_threads=1) as e:
