@@ -178,3 +178,83 @@ def test_cancel_and_cache(smollm2_gguf, tmp_path):
     other = compute_imatrix(model, tmp_path / "other.gguf", text=builtin_calibration_text()[::-1], chunk_size=64,
                             n_chunks=2, options=OPTIONS)
     assert not other.cached  # another text is another result
+
+
+# ---- MoE: MUL_MAT_ID per expert ----------------------------------------------------------------------------
+N_EXPERT, N_USED, N_EMBD, N_FF, N_LAYER = 4, 2, 64, 128, 2
+
+
+def _tiny_moe(path: Path, tokenizer_from: Path) -> Path:
+    """A random llama-architecture MoE (Mixtral layout: ffn_gate_inp + 3-D *_exps tensors, 4 experts, 2 used)
+    with SmolLM2's tokenizer, F32."""
+    src = gguf.GGUFReader(tokenizer_from)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type("model")
+    w.add_name("tiny-moe")
+    for k, f in src.fields.items():
+        if k.startswith("tokenizer.") and k != "tokenizer.chat_template":
+            types = [gguf.GGUFValueType(t) for t in f.types]
+            w.add_key_value(k, f.contents(), types[0], sub_type=types[1] if len(types) > 1 else None)
+    n_vocab = len(src.fields["tokenizer.ggml.tokens"].contents())
+    w.add_context_length(256)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_rope_dimension_count(N_EMBD // 4)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_expert_count(N_EXPERT)
+    w.add_expert_used_count(N_USED)
+    w.add_file_type(0)
+    rng = np.random.default_rng(3)
+
+    def r(*shape, s=0.1):
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", r(n_vocab, N_EMBD, s=1.0))
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
+    w.add_tensor("output.weight", r(n_vocab, N_EMBD))
+    for i in range(N_LAYER):
+        b = f"blk.{i}."
+        w.add_tensor(b + "attn_norm.weight", np.ones(N_EMBD, np.float32))
+        w.add_tensor(b + "attn_q.weight", r(N_EMBD, N_EMBD))
+        w.add_tensor(b + "attn_k.weight", r(N_EMBD // 2, N_EMBD))
+        w.add_tensor(b + "attn_v.weight", r(N_EMBD // 2, N_EMBD))
+        w.add_tensor(b + "attn_output.weight", r(N_EMBD, N_EMBD))
+        w.add_tensor(b + "ffn_norm.weight", np.ones(N_EMBD, np.float32))
+        w.add_tensor(b + "ffn_gate_inp.weight", r(N_EXPERT, N_EMBD, s=1.0))
+        w.add_tensor(b + "ffn_gate_exps.weight", r(N_EXPERT, N_FF, N_EMBD))
+        w.add_tensor(b + "ffn_up_exps.weight", r(N_EXPERT, N_FF, N_EMBD))
+        w.add_tensor(b + "ffn_down_exps.weight", r(N_EXPERT, N_EMBD, N_FF))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.timeout(600)
+def test_moe_experts_equal_llama_imatrix(smollm2_gguf, tmp_path):
+    """MUL_MAT_ID: per-expert sums and counts (following the router's choices) equal llama-imatrix's."""
+    model = _tiny_moe(tmp_path / "tiny-moe.gguf", smollm2_gguf("Q8_0"))
+    chunk, n = 64, 4
+    text = tmp_path / "text.txt"
+    text.write_text(builtin_calibration_text(), encoding="utf-8")
+    ref = tmp_path / "llama.gguf"
+    subprocess.run([str(llama_tool("imatrix")), "-m", str(model), "-f", str(text), "-o", str(ref), "-c", str(chunk),
+                    "-b", str(chunk), "-ub", str(chunk), "-fa", "off", "--no-ppl", "-t", str(THREADS),
+                    "--chunks", str(n)], check=True, env=tool_env(), capture_output=True)
+    ours = compute_imatrix(model, tmp_path / "ours.gguf", text=text.read_text(encoding="utf-8"),
+                           dataset=str(text), chunk_size=chunk, n_chunks=n, options=OPTIONS, use_cache=False).path
+    kv_o, t_o, order_o = _tensors(ours)
+    kv_r, t_r, order_r = _tensors(ref)
+    assert kv_o == kv_r and order_o == order_r
+    for name in order_r:
+        if name.endswith(".counts"):
+            assert np.array_equal(t_o[name], t_r[name]), name
+        else:
+            np.testing.assert_allclose(t_o[name], t_r[name], rtol=1e-5, atol=0, err_msg=name)
+    counts = t_o["blk.1.ffn_down_exps.weight.counts"].reshape(-1)
+    assert counts.shape == (N_EXPERT,) and counts.sum() == n * chunk * N_USED  # every token went to 2 experts
+    assert t_o["blk.1.ffn_down_exps.weight.in_sum2"].shape == (N_EXPERT, N_FF)
