@@ -41,7 +41,7 @@ def _progress(p: Any) -> None:
     if sys.stderr.isatty():
         end = "\n" if p.done == p.total else ""
         eta = f", about {p.eta_s:.0f} s left" if p.eta_s is not None and p.done < p.total else ""
-        print(f"\r{p.phase}: chunk {p.done}/{p.total}{eta}   ", end=end, file=sys.stderr, flush=True)
+        print(f"\r{p.phase}: {p.stage} {p.done}/{p.total}{eta}   ", end=end, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

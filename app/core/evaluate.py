@@ -194,11 +194,11 @@ def _reference_phase(path: Path, content: str, n_ctx: int, n_chunks: int | None,
             with open(folder / BASE_NAME, "wb") as fh:
                 w = BaseWriter(fh, n_ctx, src.n_vocab, np.asarray(tokens[:len(chunks) * n_ctx]))
                 for ci, chunk in enumerate(chunks):
-                    report("reference", ci, len(chunks))
+                    report("chunk", ci, len(chunks))
                     for _, r in src.rows(chunk, n_ctx // 2, cancel=cancel, decode_last=True):
                         w.write_rows(r)
                 _check_cancel(cancel)
-                report("reference", len(chunks), len(chunks))
+                report("chunk", len(chunks), len(chunks))
             meta.update(n_chunks=len(chunks), n_ctx=n_ctx)
     return store.get(key) or Entry(folder, meta)
 
@@ -232,13 +232,13 @@ def _candidate_phase(path: Path, bf: BaseFile, options: LoadOptions, report: Rep
         _check_vocab(bf, path, src.n_vocab)
         bos, parts = _bos(eng.llama), []
         for c in range(info.n_chunk):
-            report("candidate", c, info.n_chunk)
+            report(f"{path.name}, chunk", c, info.n_chunk)
             chunk = bf.chunk_tokens(c)
             if bos is not None:
                 chunk[0] = bos
             parts.append(score_rows(lambda k0, n, c=c: bf.rows(c, k0, n), src, chunk, info.first,
                                     n_vocab=info.n_vocab, cancel=cancel, decode_last=True))
-        report("candidate", info.n_chunk, info.n_chunk)
+        report(f"{path.name}, chunk", info.n_chunk, info.n_chunk)
     return merge(parts)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from app.core.units import format_size
@@ -11,6 +12,7 @@ from app.core.units import format_size
 from .plots import kl_color
 
 _STYLE = "white-space: pre-wrap;"
+KL_FORMAT = ".5f"        # every KL figure the Compare view shows: one format
 DIVERGENCE_STYLE = "text-decoration: underline; color: #b71c1c; font-weight: bold;"
 
 
@@ -64,10 +66,10 @@ def summary_rows(result: Any) -> list[tuple[str, str]]:
     div = result.first_divergence
     return [
         ("Scored tokens", str(s.n_tokens)),
-        ("Mean KL", f(s.mean_kld, ".5f")),
-        ("Median KL", f(s.median_kld, ".5f")),
-        ("99th pct KL", f(s.p99_kld, ".4f")),
-        ("Max KL", f(s.max_kld, ".4f")),
+        ("Mean KL", f(s.mean_kld, KL_FORMAT)),
+        ("Median KL", f(s.median_kld, KL_FORMAT)),
+        ("99th pct KL", f(s.p99_kld, KL_FORMAT)),
+        ("Max KL", f(s.max_kld, KL_FORMAT)),
         ("Same top-1", "–" if s.top1_agreement is None else f"{s.top1_agreement:.1%}"),
         ("Top-5 overlap", "–" if s.top5_overlap is None else f"{s.top5_overlap:.1%}"),
         ("PPL reference", f(s.ppl_reference, ".3f")),
@@ -76,3 +78,20 @@ def summary_rows(result: Any) -> list[tuple[str, str]]:
         ("Sizes", f"{format_size(result.reference.size_bytes)} → {format_size(result.candidate.size_bytes)} "
                   f"({result.candidate.bits_per_weight:.2f} bpw)"),
     ]
+
+
+def progress_text(p: Any) -> str:
+    """A progress report in words: the phase (which model is in memory), the stage, and the time left."""
+    phase = f"{p.phase}: " if getattr(p, "phase", "") else ""
+    eta = getattr(p, "eta_s", None)
+    left = f" · about {eta:.0f} s left" if eta is not None and p.done < p.total else ""
+    return f"{phase}{p.stage} {p.done}/{p.total}{left}"
+
+
+def reference_note(result: Any) -> str:
+    """Where the reference's side of a result came from, naming both files."""
+    ref, cand = Path(result.reference.path).name, Path(result.candidate.path).name
+    if getattr(result, "reference_cached", False):
+        return (f"{ref} vs {cand}. The reference's answer and distributions were stored by an earlier comparison "
+                "of this prompt (tick Fresh reference to run it again).")
+    return f"{ref} vs {cand}."

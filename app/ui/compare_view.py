@@ -2,8 +2,13 @@
 coloured token by token by KL divergence, the first divergence marked, a per-token KL plot and the summary.
 Below it, the eval ladder over all local quantizations of the model (:mod:`app.ui.ladder_panel`).
 
-The comparison runs in a :class:`~app.ui.workers.Job` (app.core.compare.compare, which loads both models
-itself); streamed text arrives through the job's ``stream`` signal, the result through ``done``."""
+The comparison runs in a :class:`~app.ui.workers.Job` (app.core.compare.compare: the reference, then the
+candidate, one model in memory at a time; a reference computed earlier comes from the store unless "Fresh
+reference" is ticked); streamed text arrives through the job's ``stream`` signal, the result through ``done``.
+
+Results are always labelled with the files they came from: the column titles name the run's files, the
+selection is locked while a comparison runs, and changing the Reference or Candidate afterwards clears the
+results (answers, plot, token line, summary) instead of showing them under the new names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +16,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QGridLayout,
@@ -35,6 +41,7 @@ from .plots import KLPlot
 from .workers import Job, ThreadRegistry
 
 DEFAULT_PROMPT = "What is 17 times 24? Explain briefly."
+TOKEN_HINT = "Click a bar (or hover) to see one token's figures."
 
 
 class CompareView(SingleJobView, QWidget):
@@ -72,6 +79,14 @@ class CompareView(SingleJobView, QWidget):
         self.stop_button.setObjectName("compareStop")
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
+        self.fresh_reference = QCheckBox("Fresh reference")
+        self.fresh_reference.setObjectName("compareFreshReference")
+        self.fresh_reference.setToolTip("Run the reference model again instead of using its stored answer and "
+                                        "distributions from an earlier comparison of this prompt")
+        self.notice = QLabel("")
+        self.notice.setObjectName("compareNotice")
+        self.notice.setWordWrap(True)
+        self._run_pair: tuple[Path, Path] | None = None
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.progress.setFormat("")
@@ -91,9 +106,11 @@ class CompareView(SingleJobView, QWidget):
         buttons = QVBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.fresh_reference)
         row.addLayout(buttons)
         form.addRow("Prompt", row)
         form.addRow(self.progress)
+        form.addRow(self.notice)
 
         self.ref_title = QLabel("Reference")
         self.cand_title = QLabel("Candidate")
@@ -114,7 +131,7 @@ class CompareView(SingleJobView, QWidget):
         self.plot = KLPlot()
         self.plot.setObjectName("klPlot")
         self.plot.tokenClicked.connect(self._on_token_clicked)
-        self.token_info = QLabel("Click a bar (or hover) to see one token's figures.")
+        self.token_info = QLabel(TOKEN_HINT)
         self.token_info.setObjectName("hintLabel")
         self.summary_box = QGroupBox("Summary")
         self.summary_grid = QGridLayout(self.summary_box)
@@ -164,7 +181,7 @@ class CompareView(SingleJobView, QWidget):
                         combo.addItem(f"{g.name} · {e.file_type}", str(e.path))  # str: findData compares
             combo.blockSignals(False)
         if ref is not None and cand is not None:
-            self.set_pair(ref, cand)
+            self._select(ref, cand)
         else:
             self._default_pair()
         self._on_pick()
@@ -173,10 +190,18 @@ class CompareView(SingleJobView, QWidget):
         for g in self._groups:
             ref, quant = g.reference(), g.quantized()
             if ref is not None and quant:
-                self.set_pair(ref.path, quant[-1].path)
+                self._select(ref.path, quant[-1].path)
                 return
 
-    def set_pair(self, reference: Path, candidate: Path) -> None:
+    def set_pair(self, reference: Path, candidate: Path) -> bool:
+        """Select the pair (Library → Compare, the demo); refused (False) while a comparison runs."""
+        if self._job is not None:
+            self.notice.setText("A comparison is running: stop it to compare other files.")
+            return False
+        self._select(reference, candidate)
+        return True
+
+    def _select(self, reference: Path, candidate: Path) -> None:
         for combo, p in ((self.reference, reference), (self.candidate, candidate)):
             i = combo.findData(str(p))
             if i >= 0:
@@ -194,17 +219,47 @@ class CompareView(SingleJobView, QWidget):
         return next((g for g in self._groups if any(e.path == path for e in g.ggufs)), None)
 
     def _on_pick(self, *_: object) -> None:
-        ref = self.reference_path()
-        self.ref_title.setText(f"Reference — {self.reference.currentText()}" if ref else "Reference")
-        self.cand_title.setText(f"Candidate — {self.candidate.currentText()}" if ref else "Candidate")
-        self.ladder.set_group(self._group_of(ref))
+        if self._job is not None:         # locked while running (a library refresh refills the boxes)
+            return
+        pair = (self.reference_path(), self.candidate_path())
+        if self._run_pair is not None and pair != self._run_pair:
+            old = " vs ".join(p.name for p in self._run_pair)
+            self.clear_results()
+            self.notice.setText(f"The results of {old} were cleared: the selection changed. Press Compare for "
+                                "these two files.")
+        if self._run_pair is None:
+            self._set_titles(*pair)
+        self.ladder.set_group(self._group_of(pair[0]))
         self._update_controls()
+
+    def _set_titles(self, ref: Path | None, cand: Path | None) -> None:
+        self.ref_title.setText(f"Reference — {ref.name}" if ref else "Reference")
+        self.cand_title.setText(f"Candidate — {cand.name}" if cand else "Candidate")
+
+    def clear_results(self) -> None:
+        """Forget the shown comparison: answers, plot, token line, summary, titles back to the selection."""
+        self.result = None
+        self._run_pair = None
+        self._ref_stream = self._cand_stream = ""
+        self.ref_view.clear()
+        self.cand_view.clear()
+        self.plot.clear()
+        self.token_info.setText(TOKEN_HINT)
+        for v in self.summary_labels.values():
+            v.setText("–")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+        self.notice.setText("")
+        self._set_titles(self.reference_path(), self.candidate_path())
 
     def _update_controls(self) -> None:
         busy = self._job is not None
         ok = self.reference.currentData() is not None and self.candidate.currentData() is not None
         self.run_button.setEnabled(ok and not busy)
         self.stop_button.setEnabled(busy)
+        for w in (self.reference, self.candidate, self.prompt, self.max_tokens, self.fresh_reference):
+            w.setEnabled(not busy)
 
     # ---- run ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -212,21 +267,28 @@ class CompareView(SingleJobView, QWidget):
 
         ref, cand = self.reference_path(), self.candidate_path()
         prompt = self.prompt.toPlainText().strip()
-        if ref is None or cand is None or not prompt or self._job is not None:
+        if ref is None or cand is None or self._job is not None:
             return
-        self.result = None
-        self._ref_stream = self._cand_stream = ""
-        self.ref_view.clear()
-        self.cand_view.clear()
-        self.plot.clear()
-        for v in self.summary_labels.values():
-            v.setText("–")
+        if not prompt:
+            self.notice.setText("Type a prompt first: the message both models answer.")
+            self.prompt.setFocus()
+            return
+        self.clear_results()
+        self._run_pair = (ref, cand)
         s = self._settings()
         job = Job(compare, ref, cand, prompt, registry=self._registry, name="compare",
                   streams=("on_reference_text", "on_candidate_text"), max_tokens=self.max_tokens.value(),
-                  n_ctx=s.context_size, threads=s.effective_threads())
+                  n_ctx=s.context_size, options=s.load_options(), store=s.reference_store(),
+                  use_cache=not self.fresh_reference.isChecked())
         job.stream.connect(self._on_stream)
+        job.failed.connect(lambda _e: self._forget_run())
+        job.cancelled.connect(self._forget_run)
         self._launch(job, on_done=self._on_done, on_progress=self._on_progress, busy_text="loading the reference…")
+
+    def _forget_run(self) -> None:
+        """A run that failed or was stopped shows no figures: the selection may change freely."""
+        if self.result is None:
+            self._run_pair = None
 
     def shutdown(self) -> None:
         self.stop()
@@ -249,10 +311,9 @@ class CompareView(SingleJobView, QWidget):
         bar.setValue(bar.maximum())
 
     def _on_progress(self, p: Any) -> None:
-        stage, done, total = getattr(p, "stage", ""), getattr(p, "done", 0), getattr(p, "total", 0)
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(min(done, total))
-        self.progress.setFormat(f"{stage}: {done}/{total}")
+        self.progress.setRange(0, max(1, p.total))
+        self.progress.setValue(min(p.done, p.total))
+        self.progress.setFormat(render.progress_text(p))
 
     def _on_done(self, result: Any) -> None:
         self.result = result
@@ -261,6 +322,8 @@ class CompareView(SingleJobView, QWidget):
 
     # ---- result ---------------------------------------------------------------------------------------------
     def show_result(self, result: Any, selected: int | None = None) -> None:
+        self._run_pair = (Path(result.reference.path), Path(result.candidate.path))
+        self._set_titles(*self._run_pair)
         div = result.first_divergence
         self.ref_view.setHtml(render.reference_html(result.tokens, div, selected))
         self.cand_view.setHtml(render.candidate_html(result.candidate_text,
@@ -274,6 +337,7 @@ class CompareView(SingleJobView, QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("identical answers" if div is None else f"answers part at token {div}")
+        self.notice.setText(render.reference_note(result))
         if result.warnings:
             self.token_info.setText("Warning: " + "; ".join(result.warnings))
 
@@ -281,8 +345,8 @@ class CompareView(SingleJobView, QWidget):
         if self.result is None or i >= len(self.result.tokens):
             return
         r = self.result.tokens[i]
-        self.token_info.setText(f"token {i} {r.text!r}: KL {r.kl:.5f} · p(ref token) {r.p_ref:.3f} under the "
-                                f"reference, {r.p_cand:.3f} under the candidate · top-1 "
+        self.token_info.setText(f"token {i} {r.text!r}: KL {r.kl:{render.KL_FORMAT}} · p(ref token) "
+                                f"{r.p_ref:.3f} under the reference, {r.p_cand:.3f} under the candidate · top-1 "
                                 f"{'agrees' if r.top1_match else 'differs'}")
         self.show_result(self.result, selected=i)
         self.ref_view.scrollToAnchor(f"t{i}" if i != self.result.first_divergence else "divergence")

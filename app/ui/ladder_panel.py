@@ -9,6 +9,7 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -34,15 +35,16 @@ COLUMNS = ["Type", "Size", "Bits/weight", "PPL", "ΔPPL", "Mean KL", "Top-1"]
 
 
 def saved_rows(group: ModelGroup | None) -> list[Any]:
-    """Latest saved eval row per candidate of ``group``'s reference (current files only)."""
+    """Latest saved eval row per candidate of ``group``'s reference, and the reference's own row (current files
+    only)."""
     ref = group.reference() if group else None
     if ref is None:
         return []
     from app.core.evaluate import load_saved_rows
 
-    latest: dict[str, Any] = {}
-    for row in load_saved_rows(ref.path):  # newest first
-        latest.setdefault(row.path, row)
+    latest: dict[tuple[str, bool], Any] = {}
+    for row in load_saved_rows(ref.path, include_reference=True):  # newest first
+        latest.setdefault((row.path, row.is_reference), row)
     return list(latest.values())
 
 
@@ -60,6 +62,7 @@ class LadderPanel(SingleJobView, QWidget):
         self._registry = registry
         self._settings = settings_getter
         self._group: ModelGroup | None = None
+        self._note = ""          # what the last run found out (chunks scored, stored reference)
         self._job: Job | None = None
         self.rows: list[Any] = []
         self.run_button = QPushButton("Run the eval ladder")
@@ -76,6 +79,10 @@ class LadderPanel(SingleJobView, QWidget):
         self.ctx.setRange(64, 8192)
         self.ctx.setSingleStep(64)
         self.ctx.setValue(512)
+        self.fresh_reference = QCheckBox("Fresh reference")
+        self.fresh_reference.setObjectName("ladderFreshReference")
+        self.fresh_reference.setToolTip("Run the reference model over the text again instead of using its stored "
+                                        "distributions")
         self.progress = QProgressBar()
         self.progress.setFormat("")
         self.progress.setValue(0)
@@ -89,6 +96,7 @@ class LadderPanel(SingleJobView, QWidget):
         top.addWidget(self.chunks)
         top.addWidget(QLabel("context"))
         top.addWidget(self.ctx)
+        top.addWidget(self.fresh_reference)
         top.addWidget(self.progress, 1)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("ladderTable")
@@ -112,6 +120,7 @@ class LadderPanel(SingleJobView, QWidget):
 
     def set_group(self, group: ModelGroup | None) -> None:
         self._group = group
+        self._note = ""
         try:
             rows = saved_rows(group)
         except Exception as e:  # noqa: BLE001 - saved results are a convenience; never fatal
@@ -127,8 +136,12 @@ class LadderPanel(SingleJobView, QWidget):
         busy = self._job is not None
         self.run_button.setEnabled(ref is not None and bool(quants) and not busy)
         self.stop_button.setEnabled(busy)
+        for w in (self.chunks, self.ctx, self.fresh_reference):
+            w.setEnabled(not busy)
         if g is None or ref is None:
             self.caption.setText("The eval ladder needs a reference (F16/BF16/Q8_0) and quantizations of one model.")
+        elif not busy and self._note:
+            self.caption.setText(self._note)
         elif not busy:
             self.caption.setText(f"{g.name}: {len(quants)} quantization(s) against {ref.file_type}, scored on the "
                                  "built-in sample text (llama-perplexity's KL divergence method).")
@@ -156,15 +169,19 @@ class LadderPanel(SingleJobView, QWidget):
             return
         cands = [e.path for e in g.quantized()]
         s = self._settings()
+        self._asked_chunks = self.chunks.value()
         job = Job(eval_ladder, ref.path, cands, registry=self._registry, name="eval-ladder",
-                  n_ctx=self.ctx.value(), n_chunks=self.chunks.value(), threads=s.effective_threads())
+                  n_ctx=self.ctx.value(), n_chunks=self._asked_chunks, options=s.load_options(),
+                  store=s.reference_store(), use_cache=not self.fresh_reference.isChecked())
         self.caption.setText(f"Evaluating {len(cands)} quantization(s) of {g.name}…")
         self._launch(job, on_done=self._on_done, on_progress=self._on_progress, busy_text="loading the models…")
 
     def _on_progress(self, p: Any) -> None:
+        from .compare_render import progress_text
+
         self.progress.setRange(0, max(1, p.total))
         self.progress.setValue(min(p.done, p.total))
-        self.progress.setFormat(f"{p.stage}: chunk {p.done}/{p.total}")
+        self.progress.setFormat(progress_text(p))
 
     def _on_done(self, rows: list[Any]) -> None:
         self.show_rows(rows)
@@ -172,4 +189,15 @@ class LadderPanel(SingleJobView, QWidget):
         self.progress.setValue(1)
         self.progress.setFormat("done")
         self.qualityMeasured.emit(quality_by_path(rows))
+        r0 = rows[0]
+        notes = [f"Scored {r0.n_chunks} chunk(s) of {r0.n_ctx} tokens of {r0.text}."]
+        asked = getattr(self, "_asked_chunks", r0.n_chunks)
+        if r0.n_chunks < asked:
+            notes.append(f"The text holds only {r0.n_chunks} chunk(s) of {r0.n_ctx} tokens, so {r0.n_chunks} were "
+                         f"scored, not the {asked} asked for.")
+        if r0.reference_cached:
+            notes.append("The reference's distributions were stored by an earlier run (tick Fresh reference to run "
+                         "it again).")
+        self._note = " ".join(notes)
+        self.caption.setText(self._note)
 

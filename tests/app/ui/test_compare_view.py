@@ -7,7 +7,7 @@ import re
 
 from PySide6.QtCore import QPoint, Qt
 
-from app.ui import compare_render
+from app.ui import compare_render, compare_view
 from app.ui.plots import kl_color
 
 PROMPT = "What is 17 times 24?"
@@ -108,3 +108,133 @@ def test_eval_ladder_plots_each_bit_width_and_feeds_library_and_quantize_dialog(
     # a fresh view of the same model shows the saved ladder without running it again
     view.set_groups(window.library.groups())
     assert {p.label for p in view.ladder.plot.points()} == {"Q8_0", "Q4_K_M"}
+
+
+# ---- issue 15: results always belong to their files; issue 10: the stored reference -----------------------------
+def _pick(combo, path, qtbot):
+    """Choose ``path`` in a combo box with the keyboard, as a person does (focus it, arrow keys)."""
+    from PySide6.QtTest import QTest
+
+    qtbot.mouseClick(combo, Qt.MouseButton.LeftButton)      # opens the popup: close it, keep the focus
+    QTest.keyClick(combo.view() if combo.view().isVisible() else combo, Qt.Key.Key_Escape)
+    want = combo.findData(str(path))
+    assert want >= 0
+    for _ in range(combo.count()):
+        if combo.currentIndex() == want:
+            return
+        QTest.keyClick(combo, Qt.Key.Key_Down if combo.currentIndex() < want else Qt.Key.Key_Up)
+    assert combo.currentIndex() == want
+
+
+def _run(view, qtbot):
+    with qtbot.waitSignal(view.compareFinished, timeout=300000) as sig:
+        qtbot.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not view.is_busy(), timeout=10000)
+    return sig.args[0]
+
+
+def test_compare_results_stay_with_their_files(window, library_models, qtbot):
+    from PySide6.QtTest import QTest
+
+    f16, q8, q4 = library_models("F16", "Q8_0", "Q4_K_M")
+    window.settings.context_size = 512
+    window.library.refresh_now()
+    view = window.compare
+    window.tabs.setCurrentWidget(view)
+    _pick(view.reference, f16, qtbot)
+    _pick(view.candidate, q4, qtbot)
+    view.max_tokens.setValue(12)
+    qtbot.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+    # while it runs the selection is locked: the keyboard cannot change the candidate
+    assert view.is_busy() and not view.candidate.isEnabled() and not view.reference.isEnabled()
+    QTest.keyClick(view.candidate, Qt.Key.Key_Up)
+    assert view.candidate_path() == q4
+    assert not window.open_compare(f16, q8) or view.candidate_path() == q4    # Library -> Compare refused too
+    with qtbot.waitSignal(view.compareFinished, timeout=300000) as sig:
+        pass
+    r = sig.args[0]
+    qtbot.waitUntil(lambda: not view.is_busy(), timeout=10000)
+    assert view.candidate_path() == q4 and view.candidate.isEnabled()
+    # labelled with the files the figures came from, KL figures all with 5 decimals
+    assert view.ref_title.text() == f"Reference — {f16.name}" and view.cand_title.text() == f"Candidate — {q4.name}"
+    assert f"{f16.name} vs {q4.name}" in view.notice.text() and not r.reference_cached
+    for label in ("Mean KL", "Median KL", "99th pct KL", "Max KL"):
+        assert re.fullmatch(r"\d+\.\d{5}", view.summary_labels[label].text()), view.summary_labels[label].text()
+    rect = view.plot._plot_rect()
+    qtbot.mouseClick(view.plot, Qt.MouseButton.LeftButton, pos=QPoint(int(rect.left() + 2), int(rect.center().y())))
+    assert view.token_info.text().startswith("token 0 ")
+    # another candidate chosen: the old results are cleared, not shown under the new name
+    _pick(view.candidate, q8, qtbot)
+    assert view.cand_title.text() == f"Candidate — {q8.name}"
+    assert view.ref_view.toPlainText() == "" and view.cand_view.toPlainText() == ""
+    assert all(v.text() == "–" for v in view.summary_labels.values())
+    assert view.plot._kl == [] and view.token_info.text() == compare_view.TOKEN_HINT
+    assert "cleared" in view.notice.text() and q4.name in view.notice.text()
+    # the same reference and prompt again: its stored answer and distributions are used
+    r2 = _run(view, qtbot)
+    assert r2.reference_cached and r2.reference_text == r.reference_text
+    assert "stored by an earlier comparison" in view.notice.text() and q8.name in view.notice.text()
+    # Fresh reference runs it again
+    qtbot.mouseClick(view.fresh_reference, Qt.MouseButton.LeftButton)
+    assert view.fresh_reference.isChecked()
+    r3 = _run(view, qtbot)
+    assert not r3.reference_cached and "stored" not in view.notice.text()
+    assert r3.summary.mean_kld == r2.summary.mean_kld
+
+
+def test_compare_with_an_empty_prompt_says_so(window, library_models, qtbot):
+    from PySide6.QtTest import QTest
+
+    f16, q4 = library_models("F16", "Q4_K_M")
+    window.library.refresh_now()
+    view = window.compare
+    window.tabs.setCurrentWidget(view)
+    qtbot.mouseClick(view.prompt.viewport(), Qt.MouseButton.LeftButton)
+    QTest.keySequence(view.prompt, "Ctrl+A")
+    QTest.keyClick(view.prompt, Qt.Key.Key_Delete)
+    QTest.keyClicks(view.prompt, "   ")
+    assert view.prompt.toPlainText() == "   "
+    qtbot.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+    assert not view.is_busy() and "Type a prompt first" in view.notice.text()
+
+
+def test_ladder_keeps_the_reference_row_and_says_when_chunks_are_fewer(window, library_models, qtbot):
+    from PySide6.QtTest import QTest
+
+    f16, q8, q4 = library_models("F16", "Q8_0", "Q4_K_M")
+    window.library.refresh_now()
+    view = window.compare
+    window.tabs.setCurrentWidget(view)
+    _pick(view.reference, f16, qtbot)
+    ladder = view.ladder
+    for spin, value in ((ladder.chunks, "1000"), (ladder.ctx, "256")):
+        qtbot.mouseClick(spin, Qt.MouseButton.LeftButton)
+        QTest.keySequence(spin, "Ctrl+A")
+        QTest.keyClicks(spin, value)
+        QTest.keyClick(spin, Qt.Key.Key_Return)
+    assert ladder.chunks.value() == 1000 and ladder.ctx.value() == 256
+    with qtbot.waitSignal(ladder.qualityMeasured, timeout=600000):
+        qtbot.mouseClick(ladder.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not ladder.is_busy(), timeout=10000)
+    n = ladder.rows[0].n_chunks
+    assert 1 <= n < 1000
+    assert f"only {n} chunk(s) of 256 tokens" in ladder.caption.text() and "1000 asked for" in ladder.caption.text()
+
+    def types():
+        return [ladder.table.item(i, 0).text() for i in range(ladder.table.rowCount())]
+
+    assert types() == ["F16 (reference)", "Q8_0", "Q4_K_M"]
+    # saved results reloaded: after changing the Reference and back, and in a restarted window
+    _pick(view.reference, q8, qtbot)
+    _pick(view.reference, f16, qtbot)
+    assert types() == ["F16 (reference)", "Q8_0", "Q4_K_M"]
+    from app.ui.main import create_main_window
+
+    again = create_main_window()
+    qtbot.addWidget(again)
+    again.show()
+    qtbot.waitUntil(lambda: again.library._scan_job is None, timeout=30000)
+    again.compare.set_groups(again.library.groups())
+    t = again.compare.ladder.table
+    assert [t.item(i, 0).text() for i in range(t.rowCount())] == ["F16 (reference)", "Q8_0", "Q4_K_M"]
+    again.close()
