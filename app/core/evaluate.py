@@ -81,6 +81,8 @@ class EvalRow:
     reference: str         # path of the reference (or of the base file used instead)
     evaluated_at: float    # unix time
     reference_cached: bool = False     # the reference's distributions came from the store
+    flash_attn: str = ""               # flash attention as used ("on"/"off"; "" = not recorded)
+    kv_cache_type: str = ""            # KV cache type as used
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -304,9 +306,10 @@ def eval_ladder(reference: str | Path | None, candidates: Sequence[str | Path], 
         n_chunk, n_ctx = bf.info.n_chunk, bf.info.n_ctx
     log.info("eval: %d chunks x %d candidates in %.1f s (reference %s)", n_chunk, len(cand_infos),
              time.perf_counter() - t0, "stored" if cached else "computed")
+    load = logit_settings(options)
     common = dict(n_chunks=n_chunk, n_ctx=n_ctx, text=text_name, text_sha256=text_sha,
                   reference=str(ref_info.path if ref_info is not None else base_path), evaluated_at=time.time(),
-                  reference_cached=cached)
+                  reference_cached=cached, flash_attn=load["flash_attn"], kv_cache_type=load["kv_cache_type"])
     out = [_row(ref_info, base_path, None, ref_nll, common)]
     out += [_row(info, base_path, m, ref_nll, common) for info, m in rows]
     if save and ref_info is not None:

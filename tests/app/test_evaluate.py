@@ -267,3 +267,10 @@ def test_eval_maps_one_model_at_a_time_and_stores_the_reference(ggufs, tmp_path)
     fresh = eval_ladder(ggufs["F16"], [ggufs["Q2_K"]], n_ctx=N_CTX, n_chunks=1, threads=THREADS, save=False,
                         store=store, use_cache=False)
     assert not fresh[0].reference_cached and fresh[1].mean_kld == rows[3].mean_kld
+    assert fresh[1].flash_attn == "off" and fresh[1].kv_cache_type == "f16"
+    # flash attention changes the figures slightly: a reference stored without it is not used with it
+    from app.core.load_options import LoadOptions
+
+    fa = eval_ladder(ggufs["F16"], [ggufs["Q2_K"]], n_ctx=N_CTX, n_chunks=1, save=False, store=store,
+                     options=LoadOptions(n_threads=THREADS, flash_attn="on"))
+    assert not fa[0].reference_cached and fa[1].flash_attn == "on"
