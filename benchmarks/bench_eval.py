@@ -5,8 +5,9 @@ The same ``n`` tokens of the built-in sample text are evaluated with logits at e
 * ``logits``: ours = :class:`app.core.logits.LogitSource` over the model loaded by ``Engine`` (batches of
   ``n_batch``, every row read); anchor = ``Llama(logits_all=True).eval(tokens)`` (which copies every row into
   ``Llama.scores``).  One model.
-* ``pair``: ours = :func:`app.core.compare.score_tokens` (reference and candidate in lockstep, float64 KL /
-  top-1 / top-5 / NLL per token: the whole per-token cost of ``compare`` and of each ``eval`` candidate);
+* ``pair``: ours = :func:`app.core.compare.score_tokens` (the reference's rows, then the candidate scored
+  against them by :func:`app.core.logits.score_rows` with float64 KL / top-1 / top-5 / NLL per token: the
+  per-token cost of ``compare`` and of each ``eval`` candidate, without the trip through the reference store);
   anchor = ``Llama.eval`` of the reference, then of the candidate (logits only, no metrics).
 
 Runs alternate ours/anchor and the fastest of ``--repeat`` is reported, with the ratio ours/anchor in tokens/s
