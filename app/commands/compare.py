@@ -33,10 +33,11 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """The load settings every model load of compare/eval takes (both phases, every candidate)."""
     from app.core.load_options import FLASH_ATTN_CHOICES, KV_CACHE_TYPES
 
+    from .device_flags import add_device_flags
+
     p.add_argument("--threads", type=A.threads, default="auto", metavar="N",
                    help="CPU threads (default: the physical cores)")
-    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
-                   help="layers to offload to the GPU, -1 = all (default 0; needs a GPU build)")
+    add_device_flags(p)                  # --gpu-layers, --device, --worker, --tensor-split
     p.add_argument("--flash-attn", choices=FLASH_ATTN_CHOICES, default="auto",
                    help="flash attention (default auto: on with GPU offload, off on the CPU); figures differ "
                         "slightly with it on, so stored references are never mixed across it")
@@ -48,8 +49,10 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> Any:
     from app.core.load_options import LoadOptions
 
-    return LoadOptions(n_threads=args.threads, n_gpu_layers=args.gpu_layers, flash_attn=args.flash_attn,
-                       kv_cache_type=args.kv_type)
+    from .device_flags import device_fields
+
+    return LoadOptions(n_threads=args.threads, flash_attn=args.flash_attn, kv_cache_type=args.kv_type,
+                       **device_fields(args))
 
 
 def _stream(title: str) -> Any:
