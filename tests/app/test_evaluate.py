@@ -153,8 +153,25 @@ def test_refusals(ggufs, tmp_path):
         eval_ladder(ggufs["F16"], [], n_ctx=N_CTX, save=False)
     cancel = threading.Event()
     cancel.set()
+    store = RefStore(tmp_path / "store")
     with pytest.raises(GenerationCancelled):
-        eval_ladder(ggufs["F16"], [ggufs["Q8_0"]], n_ctx=N_CTX, threads=THREADS, cancel=cancel, save=False)
+        eval_ladder(ggufs["F16"], [ggufs["Q8_0"]], n_ctx=N_CTX, threads=THREADS, cancel=cancel, save=False,
+                    store=store)
+    assert store.entries() == [] and not any(store.root.iterdir())       # no half-written base file kept
+    # cancelled in phase 2: the complete reference stays stored, nothing partial
+    cancel.clear()
+    seen = []
+
+    def stop_in_candidate(p):
+        seen.append(p.phase)
+        if p.phase == "candidate":
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        eval_ladder(ggufs["F16"], [ggufs["Q8_0"]], n_ctx=N_CTX, n_chunks=2, threads=THREADS, cancel=cancel,
+                    save=False, store=store, progress=stop_in_candidate)
+    assert "reference" in seen and len(store.entries()) == 1
+    assert [p.name for p in store.root.iterdir() if p.name.endswith(".partial")] == []
 
 
 # ---- llama-perplexity's base file: byte-identical, read both ways, refused when bad ------------------------------
