@@ -125,7 +125,9 @@ class BatchDecoder:
         self.engine, self.settings, self.n_parallel = engine, settings, n_parallel
         self.n_ctx_seq = (max(256, n_ctx_seq) + 255) // 256 * 256
         self.n_batch = max(512, n_parallel)
-        p = llama_cpp.llama_context_default_params()
+        # The engine's own context settings (flash attention, KV cache type, ...: the load options), so that a
+        # probe alone computes exactly what Engine.chat computes; then the batching fields.
+        p = llama_cpp.llama_context_params.from_buffer_copy(engine.llama.context_params)
         p.n_ctx = self.n_ctx_seq * n_parallel
         p.n_batch = p.n_ubatch = self.n_batch
         p.n_seq_max = n_parallel

@@ -38,7 +38,7 @@ REFUSAL_PATTERNS: tuple[tuple[str, str], ...] = (
     ("ai-disclaimer", r"\bas an ai( language model| assistant| model)?\b"),
     ("ai-harmless", r"\bi am an ai assistant designed to provide helpful and harmless"),
     ("no-opinions", r"\bi (don'?t|do not) have (personal |my own )?(opinions|views|feelings|beliefs|preferences)"),
-    ("not-appropriate", r"\b(it('s| is)|that('s| is)|would be)\s+(not|in)appropriate\s+(for me\s+)?to\b"),
+    ("not-appropriate", r"\b(it('s| is)|that('s| is)|would be)\s+(not\s+|in)appropriate\s+(for me\s+)?to\b"),
     ("policy", r"\b(against|violates?|outside)\s+(my|our|the)\s+(guidelines|polic(y|ies)|programming|"
                r"usage polic(y|ies)|content polic(y|ies))"),
     ("beyond-scope", r"\bbeyond my (current )?scope\b"),

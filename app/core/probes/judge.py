@@ -47,8 +47,12 @@ class Judge:
         self.grammar = LlamaGrammar.from_string(JUDGE_GRAMMAR, verbose=False)
 
     def raw_first_token(self, subject: str, prompt: str, answer: str, *, constrained: bool = True) -> str:
-        """The judge's first output token as text, with or without the grammar (tests show the difference)."""
-        msgs = [{"role": "user", "content": judge_prompt(subject, prompt, answer)}]
+        """The judge's first output token as text, with or without the grammar."""
+        return self.first_token([{"role": "user", "content": judge_prompt(subject, prompt, answer)}],
+                                constrained=constrained)
+
+    def first_token(self, msgs: list[dict], *, constrained: bool = True) -> str:
+        """The model's first greedy token for any conversation, under the score grammar or free."""
         tokens = list(self.engine.render_tokens(msgs).tokens)
         llama = self.engine.llama
         gen = llama.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True,
