@@ -149,7 +149,10 @@ def remove_empty_folders(created: list[Path]) -> None:
             break
 
 
-def list_ggufs(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = ()) -> list[GgufEntry]:
+def list_ggufs(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = (),
+               hidden: Iterable[str | Path] = ()) -> list[GgufEntry]:
+    """GGUFs of the models folder, the extra folders and the extra files, less those in ``hidden`` (files the
+    user removed from the library but kept on disk)."""
     found: dict[Path, None] = dict.fromkeys(sorted(paths.models_dir().rglob("*.gguf")))
     for d in extra_dirs:
         found.update(dict.fromkeys(sorted(Path(d).expanduser().glob("*.gguf"))))
@@ -157,7 +160,15 @@ def list_ggufs(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str 
         p = Path(f).expanduser()
         if p.is_file():
             found[p] = None
+    for h in hidden:
+        found.pop(Path(h).expanduser(), None)
     return [read_gguf_entry(p) for p in found]
+
+
+def made_by_us(path: str | Path) -> bool:
+    """Whether ``path`` lies in the models folder (where DistillDesk writes its GGUFs); any other file is the
+    user's own, which the library lists but should not delete lightly."""
+    return Path(path).resolve().is_relative_to(paths.models_dir().resolve())
 
 
 def delete_gguf(path: str | Path) -> None:
@@ -266,7 +277,8 @@ def delete_checkpoint(repo_id: str, commit: str | None = None) -> int:
 
 
 # ---- grouping -------------------------------------------------------------------------------------------------
-def scan(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = ()) -> list[ModelGroup]:
+def scan(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path] = (),
+         hidden: Iterable[str | Path] = ()) -> list[ModelGroup]:
     """Every model group: checkpoints and GGUFs matched by model name (:func:`group_key`), sorted by name;
     within a group the reference variant comes first, then larger files first.  A group is named after its
     checkpoint, else its first GGUF."""
@@ -275,7 +287,7 @@ def scan(extra_dirs: Iterable[str | Path] = (), extra_files: Iterable[str | Path
         g = groups.setdefault(group_key(ck.name), ModelGroup(ck.name))
         if g.checkpoint is None or (not g.checkpoint.complete and ck.complete):
             g.checkpoint = ck
-    for e in list_ggufs(extra_dirs, extra_files):
+    for e in list_ggufs(extra_dirs, extra_files, hidden):
         g = groups.setdefault(group_key(e.model), ModelGroup(e.model))
         g.ggufs.append(e if e.model == g.name else GgufEntry(e.path, g.name, e.file_type, e.size_bytes,
                                                              e.n_params, e.bpw, e.error))

@@ -18,3 +18,16 @@ def format_size(n_bytes: float) -> str:
         if abs(float(text)) < 1000 or i == len(_UNITS) - 1:
             return f"{text} {unit}"
     raise AssertionError("unreachable")
+
+
+def format_params(n: float) -> str:
+    """How DistillDesk writes parameter counts, everywhere (the catalog, the dialogs, the CLI): three significant
+    figures and a unit glued on, as model cards do: ``134_515_008 -> "135M"``, ``1_777_088_000 -> "1.78B"``,
+    ``14_770_033_664 -> "14.8B"``, ``70_553_706_496 -> "70.6B"``."""
+    n = float(n)
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale * 0.9995:
+            v = n / scale
+            digits = 2 if v < 10 else 1 if v < 100 else 0
+            return f"{v:.{digits}f}{unit}"
+    return f"{n:.0f}"

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.units import format_size
+from app.core.units import format_params, format_size
 
 from .errors import show_error
 from .job_views import StopJobsOnClose
@@ -132,8 +132,9 @@ class DownloadDialog(StopJobsOnClose, QDialog):
         for m in catalog.load_catalog():
             est = m.estimate(PREVIEW_RECIPE)
             cached = hub.cached_snapshot(m.repo_id) is not None
-            _add_row(self.catalog, m.repo_id, [m.name, m.params_label, m.license, format_size(est.size_bytes),
-                                               format_size(est.ram_bytes), "yes" if cached else ""])
+            _add_row(self.catalog, m.repo_id, [m.name, format_params(m.n_params), m.license,
+                                               format_size(est.size_bytes), format_size(est.ram_bytes),
+                                               "yes" if cached else ""])
 
     def _start_job(self, key: str, fn: Any, *args: Any, progress: bool = False, **kwargs: Any) -> Job:
         job = Job(fn, *args, registry=self._registry, with_progress=progress, with_cancel=progress,
@@ -156,7 +157,7 @@ class DownloadDialog(StopJobsOnClose, QDialog):
     def _on_results(self, models: list[Any]) -> None:
         self.results.setRowCount(0)
         for m in models:
-            params = f"{m.n_params / 1e9:.2f} B" if m.n_params else ""
+            params = format_params(m.n_params) if m.n_params else ""
             _add_row(self.results, m.repo_id, [m.repo_id + ("  (gated)" if m.gated else ""), m.architecture or "",
                                                params, f"{m.downloads:,}"])
         self.info.setText(f"{len(models)} convertible model(s) found." if models else
@@ -178,6 +179,12 @@ class DownloadDialog(StopJobsOnClose, QDialog):
 
         self.repo_id, self.listing = repo_id, None
         m = catalog.find(repo_id)
+        if self.offline and hub.cached_snapshot(repo_id) is None:
+            # the banner says it once; a box per click would only repeat it
+            self.info.setText((f"{m.summary}\n" if m else "") + f"{repo_id} is not downloaded yet; downloading it "
+                              "needs the network (see above).")
+            self._update()
+            return
         self.info.setText((f"{m.summary} {m.license_note}\n" if m else "") + f"{repo_id}: listing its files…")
         job = self._start_job(f"list-{repo_id}", hub.list_files, repo_id)
         job.done.connect(lambda listing: self._on_listing(repo_id, listing))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import html
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -60,13 +61,12 @@ def is_cancellation(e: BaseException) -> bool:
 # (module, class name, title, advice).  First match wins, so specific classes come before their bases.
 _TABLE: list[tuple[str, str, str, str]] = [
     ("app.core.errors", "GpuUnavailableError", "GPU offload is not available",
-     "Set GPU layers to 0 in Settings, or install a llama.cpp build with GPU support "
-     "(DISTILLDESK_CMAKE_ARGS=-DGGML_CUDA=on make run)."),
+     "Set GPU layers to 0 in Settings (this build of the app runs models on the CPU)."),
     ("app.core.errors", "ContextOverflowError", "The conversation does not fit in the context",
      "Start a new conversation, shorten the message, or raise the context size in Settings."),
     ("app.core.errors", "ModelLoadError", "This model cannot be opened",
-     "Pick a complete GGUF file made by DistillDesk or llama.cpp; if it is a large model, pick a smaller "
-     "quantization (it must fit in memory)."),
+     "Pick a complete GGUF file made by DistillDesk or llama.cpp (Library → Add GGUF…), or quantize the model "
+     "again from its checkpoint."),
     ("app.core.errors", "VocabMismatchError", "These two models cannot be compared",
      "Compare a quantization with the reference (F16/BF16/Q8_0) of the same model."),
     ("app.core.errors", "CompareError", "The comparison cannot run",
@@ -105,16 +105,50 @@ _TABLE: list[tuple[str, str, str, str]] = [
 ]
 
 
+# Messages of the services are written for both the CLI and the GUI and may name command-line flags; in the GUI
+# those read as the control that does the same.  (pattern, replacement), applied in order.
+_GUI_WORDS: list[tuple[str, str]] = [
+    (r"\s*\(--ctx\)", " (Settings → Context size)"),
+    (r"\bquantize without --imatrix\b", "set the Importance matrix to none"),
+    (r"\s*\(omit --revision[^)]*\)", ""),
+    (r"`distilldesk models` lists them", "the Library lists them"),
+    (r"\s*\(--pre-tokenizer [^)]*\)", ""),
+    (r"\s*\(--[a-z][^)]*\)", ""),  # any other "(--flag ...)" aside: the GUI has no such flag
+]
+
+# Advice that only fits some messages of an error type (the first matching pattern wins).
+_ADVICE_BY_MESSAGE: dict[str, list[tuple[str, str]]] = {
+    "ModelLoadError": [
+        (r"memory|alloc|too large|does not fit", "The model does not fit in memory: close other programs, or pick a "
+         "smaller quantization of it in the Library."),
+    ],
+}
+
+
+def gui_words(message: str) -> str:
+    """``message`` as the GUI says it: command-line flags become the controls that do the same."""
+    for pattern, repl in _GUI_WORDS:
+        message = re.sub(pattern, repl, message)
+    return message
+
+
+def _advice(kind: str, message: str, default: str) -> str:
+    for pattern, advice in _ADVICE_BY_MESSAGE.get(kind, []):
+        if re.search(pattern, message, re.IGNORECASE):
+            return advice
+    return default
+
+
 def describe(e: BaseException) -> ErrorReport | None:
     """Title, message and advice for ``e``; None for a cancellation (nothing to show)."""
     if is_cancellation(e):
         return None
     detail = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    message = str(e) or type(e).__name__
+    message = gui_words(str(e) or type(e).__name__)
     kind = type(e).__name__
     for module, name, title, advice in _TABLE:
         if _is(e, module, name):
-            return ErrorReport(title, message, advice, kind, detail)
+            return ErrorReport(title, message, _advice(name, message, advice), kind, detail)
     if isinstance(e, MemoryError):
         return ErrorReport("Not enough memory", message or "the job ran out of memory",
                            "Close other programs, or pick a smaller quantization of the model.", kind, detail)

@@ -16,7 +16,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QMessageBox,
     QPushButton,
     QStackedWidget,
     QTreeView,
@@ -28,15 +27,12 @@ from app.core.units import format_size
 
 from . import library_model as lm
 from .errors import show_error
+from .library_delete import DELETE, REMOVE, ask_delete_checkpoint, ask_delete_gguf
+from .settings import save_settings
 from .workers import Job, ThreadRegistry
 
 COLUMNS = ["Model / file", "Type", "Size", "Bits/weight", "Role", "Mean KL", "Top-1"]
 EntryRole = Qt.ItemDataRole.UserRole + 10
-
-
-# Confirmation hook: tests replace it; returns True to go ahead.
-def confirm(parent: QWidget, title: str, text: str) -> bool:
-    return QMessageBox.question(parent, title, text) == QMessageBox.StandardButton.Yes
 
 
 class LibraryView(QWidget):
@@ -60,6 +56,10 @@ class LibraryView(QWidget):
         self._pending_select: Path | None = None
         self._pending_then: list[Callable[[], None]] = []
         self._add_jobs: list[Job] = []
+        self._open_job: Job | None = None  # checking a GGUF before the chat loads it
+        self._delete_job: Job | None = None
+        # What else uses a file (the main window: "loaded in Chat"), said before it is deleted.
+        self.usage_notes: Callable[[Path], list[str]] = lambda _p: []
         self._quality: dict[Path, tuple[float, float]] = {}
         self.model = QStandardItemModel(0, len(COLUMNS), self)
         self.model.setHorizontalHeaderLabels(COLUMNS)
@@ -159,7 +159,8 @@ class LibraryView(QWidget):
         self._seq += 1
         seq = self._seq
         s = self._settings()
-        job = Job(lm.scan, list(s.extra_model_dirs), list(s.extra_gguf_files), registry=self._registry,
+        job = Job(lm.scan, list(s.extra_model_dirs), list(s.extra_gguf_files), list(s.hidden_gguf_files),
+                  registry=self._registry,
                   with_progress=False, with_cancel=False, name="library-scan")
         job.done.connect(lambda groups: self._apply(seq, groups))
         job.failed.connect(lambda e: show_error(self, e, context="Listing the models failed"))
@@ -170,7 +171,7 @@ class LibraryView(QWidget):
         """Synchronous rescan (tests, tools).  A slower background scan started earlier cannot overwrite it."""
         self._seq += 1
         s = self._settings()
-        self._apply(self._seq, lm.scan(s.extra_model_dirs, s.extra_gguf_files))
+        self._apply(self._seq, lm.scan(s.extra_model_dirs, s.extra_gguf_files, s.hidden_gguf_files))
 
     def _on_scan_finished(self) -> None:
         self._scan_job = None
@@ -283,7 +284,9 @@ class LibraryView(QWidget):
         gguf = sel[1] if sel and sel[0] == "gguf" else None
         group = self.selected_group()
         self.buttons["chat"].setEnabled(gguf is not None and gguf.ok)
-        self.buttons["delete"].setEnabled(gguf is not None)
+        ck = sel[1].checkpoint if sel and sel[0] == "group" else None
+        self.buttons["delete"].setEnabled((gguf is not None or (ck is not None and bool(ck.repo_id)))
+                                          and self._delete_job is None)
         self.buttons["quantize"].setEnabled(group is not None and group.checkpoint is not None
                                             and group.checkpoint.complete)
         ref = group.reference() if group else None
@@ -301,9 +304,23 @@ class LibraryView(QWidget):
 
     # ---- actions --------------------------------------------------------------------------------------------
     def _chat(self) -> None:
+        """Chat with the selected GGUF (button or double-click).  The file is checked first (its header read
+        again, in a worker): an unreadable file says why and the model loaded in the Chat stays."""
         p = self.selected_path()
-        if p is not None:
-            self.chatRequested.emit(p)
+        if p is None or self._open_job is not None:
+            return
+        from app.core.gguf_header import read_header
+
+        job = Job(read_header, p, registry=self._registry, with_progress=False, with_cancel=False,
+                  name="check-gguf")
+        job.done.connect(lambda _h: self.chatRequested.emit(p))
+        job.failed.connect(lambda e: self._open_failed(p, e))
+        job.finished.connect(lambda: setattr(self, "_open_job", None))
+        self._open_job = job.start()
+
+    def _open_failed(self, p: Path, e: BaseException) -> None:
+        show_error(self, e, context=f"{p.name} cannot be opened (the loaded model stays)")
+        self.refresh()  # the listing marks it
 
     def _quantize(self) -> None:
         g = self.selected_group()
@@ -317,22 +334,46 @@ class LibraryView(QWidget):
             self.compareRequested.emit(ref.path, p)
 
     def _delete(self) -> None:
-        p = self.selected_path()
-        if p is None:
+        """Delete… on a GGUF (ours: delete after a question naming the path; the user's own: remove from the
+        library, or delete after a second question) or on a checkpoint in the Hugging Face cache."""
+        sel = self._selected()
+        if sel is None or self._delete_job is not None:
             return
-        if not confirm(self, "Delete model file", f"Delete {p.name} ({format_size(p.stat().st_size)}) from "
-                       f"the disk?\n\n{p}\n\nThis cannot be undone."):
+        if sel[0] == "group":
+            ck = sel[1].checkpoint
+            if ck is not None and ck.repo_id and ask_delete_checkpoint(self, ck):
+                self._delete_checkpoint(ck)
             return
-        try:
-            lm.delete_gguf(p)
-        except OSError as e:
-            show_error(self, e, context=f"Deleting {p.name} failed")
+        entry: lm.GgufEntry = sel[1]
+        p = entry.path
+        answer = ask_delete_gguf(self, entry, self.usage_notes(p))
+        if answer is None:
+            return
+        if answer == DELETE:
+            try:
+                lm.delete_gguf(p)
+            except OSError as e:
+                show_error(self, e, context=f"Deleting {p.name} failed")
+                return
         s = self._settings()
         if str(p) in s.extra_gguf_files:
             s.extra_gguf_files.remove(str(p))
-            from .settings import save_settings
+        in_folder = any(p.parent == Path(d).expanduser() for d in s.extra_model_dirs)
+        if answer == REMOVE and in_folder and str(p) not in s.hidden_gguf_files:
+            s.hidden_gguf_files.append(str(p))  # a file in an extra folder: listed no more, kept on disk
+        save_settings(s)
+        self.refresh()
 
-            save_settings(s)
+    def _delete_checkpoint(self, ck: lm.CheckpointEntry) -> None:
+        job = Job(lm.delete_checkpoint, ck.repo_id, ck.commit or None, registry=self._registry,
+                  with_progress=False, with_cancel=False, name="delete-checkpoint")
+        job.failed.connect(lambda e: show_error(self, e, context=f"Deleting {ck.repo_id} failed"))
+        job.finished.connect(self._checkpoint_deleted)
+        self._delete_job = job.start()
+        self._update_buttons()
+
+    def _checkpoint_deleted(self) -> None:
+        self._delete_job = None
         self.refresh()
 
     def _add_file(self) -> None:
@@ -357,7 +398,7 @@ class LibraryView(QWidget):
         s = self._settings()
         if str(path) not in s.extra_gguf_files:
             s.extra_gguf_files.append(str(path))
-            from .settings import save_settings
-
-            save_settings(s)
+        if str(path) in s.hidden_gguf_files:
+            s.hidden_gguf_files.remove(str(path))  # added again: listed again
+        save_settings(s)
         self.refresh(select=path)

@@ -16,12 +16,13 @@ from .chat_view import ChatView
 from .compare_view import CompareView
 from .demo_setup import DEMO_PROMPT, DemoDialog, demo_paths
 from .library_view import LibraryView
+from .probes_view import ProbesView
 from .quantize_dialog import QuantizeDialog
 from .settings import AppSettings, load_settings, save_settings
 from .settings_dialog import SettingsDialog, gpu_backend_name
 from .workers import ThreadRegistry
 
-TAB_LIBRARY, TAB_CHAT, TAB_COMPARE = 0, 1, 2
+TAB_LIBRARY, TAB_CHAT, TAB_COMPARE, TAB_PROBES = 0, 1, 2, 3
 
 
 def rss_bytes() -> int:
@@ -44,12 +45,14 @@ class MainWindow(QMainWindow):
         self.library = LibraryView(self.registry, get)
         self.chat = ChatView(self.registry, get)
         self.compare = CompareView(self.registry, get)
+        self.probes = ProbesView(self.registry, get)
         self.tabs = QTabWidget()
         self.tabs.setObjectName("mainTabs")
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.library, "Library")
         self.tabs.addTab(self.chat, "Chat")
         self.tabs.addTab(self.compare, "Compare")
+        self.tabs.addTab(self.probes, "Probes")
         self.setCentralWidget(self.tabs)
         self._build_status_bar()
         self._build_menus()
@@ -59,6 +62,7 @@ class MainWindow(QMainWindow):
         self.library.demoRequested.connect(lambda: self.start_demo())
         self.library.downloadRequested.connect(self.open_download)
         self.library.refreshed.connect(lambda: self.compare.set_groups(self.library.groups()))
+        self.library.refreshed.connect(lambda: self.probes.set_groups(self.library.groups()))
         self.compare.ladder.qualityMeasured.connect(self.library.set_quality)
         self.library.usage_notes = self._usage_notes
         self.chat.modelLoading.connect(lambda p: self.model_status.setText(f"loading {Path(p).name}…"))
@@ -109,10 +113,15 @@ class MainWindow(QMainWindow):
         models.addAction(dl)
         help_ = self.menuBar().addMenu("&Help")
         about = QAction("About DistillDesk", self)
-        about.triggered.connect(lambda: QMessageBox.about(
-            self, "DistillDesk", "Quantize distilled reasoning models with DistillDesk's own k-quant kernels, chat "
-            "with them, and see what quantization cost."))
+        about.triggered.connect(self.show_about)
         help_.addAction(about)
+
+    def show_about(self) -> None:
+        from app import __version__
+
+        QMessageBox.about(self, "About DistillDesk", f"<b>DistillDesk {__version__}</b><br><br>Quantize distilled "
+                          "reasoning models with DistillDesk's own k-quant kernels, chat with them, and see what "
+                          "quantization cost.")
 
     def _update_memory(self) -> None:
         self.memory_status.setText(f"memory {format_size(rss_bytes())}")
@@ -217,7 +226,7 @@ class MainWindow(QMainWindow):
         w.finished.connect(lambda _r=0, d=w: self._dialogs.remove(d) if d in self._dialogs else None)
 
     def is_busy(self) -> bool:
-        return (self.chat.is_busy() or self.compare.is_busy() or self.compare.ladder.is_busy()
+        return (self.chat.is_busy() or self.compare.is_busy() or self.compare.ladder.is_busy() or self.probes.is_busy()
                 or bool(self.registry.live()))
 
     # ---- closing --------------------------------------------------------------------------------------------
@@ -228,6 +237,7 @@ class MainWindow(QMainWindow):
             if hasattr(d, "cancel_or_close") and getattr(d, "is_running", lambda: False)():
                 d.cancel_or_close()
         self.compare.shutdown()
+        self.probes.shutdown()
         self.chat.shutdown(timeout_ms)
         return self.registry.shutdown(timeout_ms)
 

@@ -125,6 +125,12 @@ class SettingsDialog(QDialog):
         box.addWidget(self.extra_dirs)
         box.addLayout(row)
         ff.addRow("More GGUF folders", box)
+        self.open_note = QLabel()  # shown when "Open" cannot open a folder
+        self.open_note.setObjectName("noticeLabel")
+        self.open_note.setWordWrap(True)
+        self.open_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.open_note.hide()
+        ff.addRow("", self.open_note)
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
@@ -222,8 +228,7 @@ class SettingsDialog(QDialog):
         via = " and ".join(x for x in (self._gpu, f"{n_workers} remote worker(s)" if n_workers else "") if x)
         self.gpu_reason.setText(f"GPU offload via {via}; -1 (all) offloads every layer.")
 
-    @staticmethod
-    def _folder_row(path: str) -> QWidget:
+    def _folder_row(self, path: str) -> QWidget:
         w = QWidget()
         lay = QHBoxLayout(w)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -232,10 +237,21 @@ class SettingsDialog(QDialog):
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         b = QPushButton("Open")
         target = path if os.path.isdir(path) else os.path.dirname(path)
-        b.clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(target)))
+        b.clicked.connect(lambda: self._open_folder(target))
         lay.addWidget(label, 1)
         lay.addWidget(b)
         return w
+
+    def _open_folder(self, target: str) -> None:
+        """Open ``target`` in the file manager; where none can (no file opener installed, or the folder is not
+        there yet) say so under the folders, with the path to copy."""
+        if os.path.isdir(target) and QDesktopServices.openUrl(QUrl.fromLocalFile(target)):
+            self.open_note.hide()
+            return
+        why = ("No file manager could be started to open it" if os.path.isdir(target)
+               else "It does not exist yet (it is made when first needed)")
+        self.open_note.setText(f"{why}. The folder is:\n{target}\n(select the path to copy it)")
+        self.open_note.show()
 
     def _add_dir(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "A folder with GGUF files")

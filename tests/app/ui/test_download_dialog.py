@@ -6,7 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 
 from app.core import catalog
-from app.core.units import format_size
+from app.core.units import format_params, format_size
 from app.ui.download_view import DownloadDialog
 from tests.app import hub_server
 from tests.app.hub_server import SHARDS, SMALL_REPO
@@ -88,14 +88,21 @@ def test_cancel_keeps_the_bytes_and_download_again_resumes(window, small_repo, s
     dlg.close()
 
 
-def test_offline_says_so_and_refuses_with_one_dialog(window, hub, error_reports, monkeypatch, qtbot):
+def test_offline_says_so_once_not_per_click(window, hub, error_reports, monkeypatch, qtbot):
+    from tests.app.ui.gui_driver import Answers, click_tree_row
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     dlg = _open(window, qtbot)
-    assert dlg.banner.isVisibleTo(dlg) and not dlg.search_button.isEnabled()
+    assert dlg.banner.isVisibleTo(dlg) and "Offline" in dlg.banner.text() and not dlg.search_button.isEnabled()
     assert not dlg.total_bar.isVisibleTo(dlg) and not dlg.file_bar.isVisibleTo(dlg)  # no download: no bars
-    dlg.select_repo("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
-    qtbot.waitUntil(lambda: bool(error_reports), timeout=30000)
-    assert error_reports[0].title == "You are offline"
-    qtbot.waitUntil(lambda: "could not be listed" in dlg.info.text(), timeout=10000)  # not "listing…" forever
-    assert "offline mode is on" in dlg.info.text() and not dlg.download_button.isEnabled()
+    models = catalog.load_catalog()
+    assert dlg.catalog.item(0, 1).text() == "1.78B" == format_params(models[0].n_params)  # one format everywhere
+    with Answers() as boxes:  # any modal box would be recorded (and dismissed)
+        for row in (0, 1, 0):
+            click_tree_row(dlg.catalog, dlg.catalog.model().index(row, 0))
+            qtbot.wait(300)
+            assert dlg.repo_id == models[row].repo_id
+            assert "needs the network" in dlg.info.text() and not dlg.download_button.isEnabled()
+    assert boxes == [] and error_reports == []  # the banner said it; no box per click
     dlg.close()
+    assert window.registry.live() == []

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import sys
 
-from PySide6.QtCore import Qt
-
 from app.ui import errors
 
 
@@ -103,20 +101,18 @@ def test_uncaught_exception_in_a_slot_shows_the_dialog(window, error_reports, mo
     assert error_reports[-1].title == "Unexpected error" and "a bug" in error_reports[-1].message
 
 
-def test_delete_asks_first(window, library_models, monkeypatch, qtbot):
-    from app.ui import library_view
+def test_delete_asks_first(window, library_models, qtbot):
+    from tests.app.ui.gui_driver import Answers, click
 
     q8, q4 = library_models("Q8_0", "Q4_K_M")
     lib = window.library
     lib.refresh_now()
-    asked = []
-    monkeypatch.setattr(library_view, "confirm", lambda _p, _t, text: asked.append(text) or False)
     assert lib.select_path(q4)
-    qtbot.mouseClick(lib.buttons["delete"], Qt.MouseButton.LeftButton)
-    assert q4.exists() and q4.name in asked[0] and "cannot be undone" in asked[0]
-    monkeypatch.setattr(library_view, "confirm", lambda *_: True)
-    with qtbot.waitSignal(lib.refreshed, timeout=10000):
-        qtbot.mouseClick(lib.buttons["delete"], Qt.MouseButton.LeftButton)
+    with Answers(["Cancel"]) as seen:
+        click(lib.buttons["delete"])
+    assert q4.exists() and str(q4) in seen[0].text and "cannot be undone" in seen[0].text
+    with Answers([f"Delete {q4.name}"]), qtbot.waitSignal(lib.refreshed, timeout=10000):
+        click(lib.buttons["delete"])
     assert not q4.exists() and q8.exists()
     assert [e.file_type for e in lib.group("SmolLM2-135M-Instruct").ggufs] == ["Q8_0"]
 
@@ -133,3 +129,17 @@ def test_damaged_history_is_set_aside_with_a_message(error_reports, qtbot):
     assert list(paths.data_dir().glob("history.sqlite3.corrupt-*"))
     assert win.chat.conversations.store() is not None  # a fresh history works
     win.close()
+
+
+def test_a_file_that_is_no_gguf_gets_advice_about_files_only(window, error_reports, tmp_path, qtbot):
+    """Added through File → Add GGUF file…: the advice is about picking a GGUF, not about smaller quantizations
+    (nothing to do with a file that is not a model) nor command-line flags."""
+    from tests.app.ui.gui_driver import Answers, trigger_menu, type_file_name
+
+    bad = _garbage(tmp_path / "notes-Q4_K_M.gguf")
+    with Answers([type_file_name(bad)]):
+        trigger_menu(window, "File", "Add GGUF file…")
+    qtbot.waitUntil(lambda: bool(error_reports), timeout=30000)
+    (r,) = error_reports
+    assert r.title == "This model cannot be opened" and "not a GGUF" in r.message
+    assert "smaller" not in r.advice and "--" not in r.advice and "Add GGUF" in r.advice
