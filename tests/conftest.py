@@ -49,6 +49,8 @@ _scrub_environ()
 # Set for the whole session, whatever the caller has: ggml reads them once, when the Vulkan module is loaded.
 os.environ["GGML_VK_VISIBLE_DEVICES"] = "0"
 os.environ["GGML_VK_DISABLE_F16"] = "1"
+# Mesa's compiled shaders, kept across runs (its default follows XDG_CACHE_HOME, a fresh folder per test here)
+os.environ["MESA_SHADER_CACHE_DIR"] = os.path.join(TEST_CACHE, "mesa-shader-cache")
 GPU_SKIP_MARK = "GPU tests not run"   # tests/app/test_vulkan.py's skip reasons start so; summarized at the end
 
 

@@ -31,19 +31,26 @@ def test_all_layers_on_vulkan_match_the_cpu(vulkan_device, smollm2_gguf, recipe)
     assert_matches_cpu(cpu, gpu)
 
 
-def test_compare_and_eval_run_with_offload(vulkan_device, smollm2_gguf):
+def test_compare_and_eval_run_with_offload(vulkan_device, smollm2_gguf, tmp_path):
     from app.core.compare import compare
     from app.core.evaluate import eval_ladder
     from app.core.load_options import LoadOptions
 
     ref, cand = smollm2_gguf("Q8_0"), smollm2_gguf("Q4_K_M")
     on_gpu = LoadOptions(n_gpu_layers=-1)
-    res = compare(ref, cand, "Name three primary colors.", max_tokens=12, options=on_gpu, use_cache=False)
-    base = compare(ref, cand, "Name three primary colors.", max_tokens=12, use_cache=False)
-    assert res.reference_text == base.reference_text and res.candidate_text == base.candidate_text
-    text = "The quick brown fox jumps over the lazy dog. " * 40
-    rows = eval_ladder(ref, [cand], text, n_ctx=128, n_chunks=2, options=on_gpu, use_cache=False, save=False)
-    cpu_rows = eval_ladder(ref, [cand], text, n_ctx=128, n_chunks=2, use_cache=False, save=False)
+    res = compare(ref, cand, "Name three primary colors.", max_tokens=8, options=on_gpu, use_cache=False)
+    base = compare(ref, cand, "Name three primary colors.", max_tokens=8, use_cache=False)
+    # Q8_0's greedy answer is the CPU's; Q4_K_M's agrees for its first tokens and then may tip on a near-tie (the
+    # CPU's 8-bit activations vs the shaders' float ones, see tests/app/offload_check.py: measured at token 7 here).
+    assert res.reference_tokens == base.reference_tokens
+    assert res.candidate_tokens[:5] == base.candidate_tokens[:5]
+    assert res.load["gpu"] and not base.load["gpu"]
+    assert 0 <= res.summary.mean_kld < 1 and abs(res.summary.mean_kld - base.summary.mean_kld) < 0.05
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    rows = eval_ladder(ref, [cand], text, n_ctx=128, n_chunks=1, options=on_gpu, use_cache=False, save=False)
+    cpu_rows = eval_ladder(ref, [cand], text, n_ctx=128, n_chunks=1, use_cache=False, save=False)
+    assert rows[0].ppl == pytest.approx(cpu_rows[0].ppl, rel=0.02)
     assert rows[1].ppl == pytest.approx(cpu_rows[1].ppl, rel=0.02)
 
 
