@@ -163,7 +163,7 @@ class ChatView(QWidget):
         self.host = host
         self.model_label.setText(f"Loading {Path(path).name}…")
         self.modelLoading.emit(Path(path))
-        host.load(path, n_ctx=s.context_size, n_threads=s.effective_threads(), n_gpu_layers=s.gpu_layers)
+        host.load(path, n_ctx=s.context_size, options=s.load_options())   # devices, workers, threads, ...
         self._update_controls()
 
     def unload_model(self) -> None:

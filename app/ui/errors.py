@@ -61,7 +61,14 @@ def is_cancellation(e: BaseException) -> bool:
 # (module, class name, title, advice).  First match wins, so specific classes come before their bases.
 _TABLE: list[tuple[str, str, str, str]] = [
     ("app.core.errors", "GpuUnavailableError", "GPU offload is not available",
-     "Set GPU layers to 0 in Settings (this build of the app runs models on the CPU)."),
+     "Set GPU layers to 0 in Settings, or give the app a GPU (make gpu GPU=vulkan) or a worker (Settings → "
+     "Workers)."),
+    ("app.core.errors", "WorkerLostError", "A worker was lost",
+     "The conversation is kept. Start the worker again (distilldesk worker) or remove it in Settings → Workers, "
+     "then load the model again."),
+    ("app.core.errors", "WorkerUnreachableError", "A worker cannot be reached",
+     "Start it with `distilldesk worker` on that machine, check the address in Settings → Workers, or remove it."),
+    ("app.core.errors", "DeviceError", "That device is not available", "Check the device settings."),
     ("app.core.errors", "ContextOverflowError", "The conversation does not fit in the context",
      "Start a new conversation, shorten the message, or raise the context size in Settings."),
     ("app.core.errors", "ModelLoadError", "This model cannot be opened",

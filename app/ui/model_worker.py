@@ -41,6 +41,10 @@ class ModelWorker(QObject):
         from app.core.engine import Engine
 
         self._close_engine()
+        opts = options.get("options")
+        if opts is not None and opts.rpc_workers:
+            # ggml aborts the process holding a model when one of its workers is lost: keep it out of the app's.
+            from app.core.engine_process import ProcessEngine as Engine  # noqa: N814
         try:
             self._engine = Engine(Path(path), **options)
         except Exception as e:  # noqa: BLE001 - reported to the GUI, which shows one dialog

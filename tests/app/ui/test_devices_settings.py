@@ -63,3 +63,39 @@ def test_workers_are_added_in_settings_and_enable_gpu_layers(window):
         assert not dlg.gpu_layers.isEnabled()
     click(dlg.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok))
     assert window.settings.rpc_workers == []
+
+
+def test_a_worker_lost_mid_reply_is_named_and_the_app_keeps_the_conversation(window, library_models, error_reports,
+                                                                           qtbot, monkeypatch):
+    """ggml aborts the process that holds a model when a worker connection breaks: the app runs worker-backed
+    models in a child process (app.core.engine_process), so it survives, names the worker and keeps the chat."""
+    from tests.app.test_rpc import start_worker
+
+    monkeypatch.delenv("GGML_VK_VISIBLE_DEVICES")       # the model's process: the workers' devices only
+    procs = [start_worker(), start_worker()]
+    try:
+        (a, b) = [endpoint for _, endpoint in procs]
+        window.settings.rpc_workers, window.settings.gpu_layers = [a, b], -1
+        (q8,) = library_models("Q8_0")
+        with qtbot.waitSignal(window.chat.modelLoaded, timeout=180000):
+            window.open_chat(q8)
+        assert f"on remote workers {a}, {b}" in window.backend_status.text()
+        chat = window.chat
+        chat.max_tokens.setValue(3000)
+        chat.greedy.setChecked(False)
+        qtbot.keyClicks(chat.prompt, "Write a long story about a dragon who learns to cook.")
+        qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: chat.model.rowCount() == 2 and chat.model.message(1).answer_tokens
+                        + chat.model.message(1).reasoning_tokens >= 3, timeout=120000)
+        procs[1][0].kill()
+        qtbot.waitUntil(lambda: bool(error_reports), timeout=60000)
+        (r,) = error_reports
+        assert r.title == "A worker was lost" and b in r.message and a not in r.message
+        qtbot.waitUntil(lambda: not chat.is_busy(), timeout=30000)
+        assert chat.model.message(0).content.startswith("Write a long story")   # the conversation is kept
+        assert window.isVisible()
+    finally:
+        for p, _ in procs:
+            p.kill()
+            p.wait(10)
+            p.stderr.close()
