@@ -80,10 +80,11 @@ def _env(cache: Path) -> dict:
     return env
 
 
-def bench_memory_and_cache(m: dict[str, Path], threads: int, max_tokens: int, only: set[str]) -> None:
+def bench_memory_and_cache(m: dict[str, Path], threads: int, max_tokens: int, only: set[str], n_ctx: int,
+                           chunks: int) -> None:
     gb = 1e9
     f16, q4 = m["F16"].stat().st_size, m["Q4_K_M"].stat().st_size
-    common = ["--prompt", PROMPT, "--max-tokens", str(max_tokens), "--ctx", "2048", "--threads", str(threads)]
+    common = ["--prompt", PROMPT, "--max-tokens", str(max_tokens), "--ctx", str(n_ctx), "--threads", str(threads)]
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         env = _env(Path(tmp))
         first_s, first_pss, _ = run_measured(["compare", str(m["F16"]), str(m["Q4_K_M"]), *common], env)
@@ -101,11 +102,11 @@ def bench_memory_and_cache(m: dict[str, Path], threads: int, max_tokens: int, on
     if "memory" in only:
         ladder = [str(m[t]) for t in ("F16", "Q4_K_M", "Q3_K_S", "Q2_K")]
         with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
-            wall, pss, _ = run_measured(["eval", *ladder, "--ctx", "512", "--chunks", "2", "--threads",
+            wall, pss, _ = run_measured(["eval", *ladder, "--ctx", "512", "--chunks", str(chunks), "--threads",
                                          str(threads), "--no-save"], _env(Path(tmp)))
         sizes = " + ".join(f"{Path(p).stat().st_size / gb:.2f}" for p in ladder)
         ok = "OK" if pss <= f16 + 0.5e9 else "MISSED"
-        print(f"eval ladder F16 -> Q4_K_M, Q3_K_S, Q2_K (2 chunks x 512)   files {sizes} GB   "
+        print(f"eval ladder F16 -> Q4_K_M, Q3_K_S, Q2_K ({chunks} chunk(s) x 512)   files {sizes} GB   "
               f"peak PSS {pss / gb:.2f} GB   goal <= {(f16 + 0.5e9) / gb:.2f} GB   {ok}   ({wall:.0f} s)")
 
 
@@ -164,14 +165,20 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=48)
     ap.add_argument("--only", default="memory,cache,decode")
     ap.add_argument("--models", default=None, help="folder with qwen15-<TYPE>.gguf (default: tests.qwen15)")
+    ap.add_argument("--ctx", type=int, default=2048, help="context of the compare runs")
+    ap.add_argument("--chunks", type=int, default=2, help="chunks of 512 tokens of the eval ladder")
+    ap.add_argument("--decode-model", default=None,
+                    help="GGUF for the decode-speed figures (default: the 1.5B Q4_K_M; on a busy machine the 8k "
+                         "prompt alone takes many minutes)")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    m = _models(a.models)
-    print(f"# bench_compare: {os.cpu_count()} CPUs, {a.threads} threads; models {m['F16'].parent}")
+    m = _models(a.models) if only & {"memory", "cache"} or not a.decode_model else {}
+    where = m["F16"].parent if m else a.decode_model
+    print(f"# bench_compare: {os.cpu_count()} CPUs, {a.threads} threads; models {where}")
     if only & {"memory", "cache"}:
-        bench_memory_and_cache(m, a.threads, a.max_tokens, only)
+        bench_memory_and_cache(m, a.threads, a.max_tokens, only, a.ctx, a.chunks)
     if "decode" in only:
-        bench_decode(m["Q4_K_M"], a.threads, a.decode_tokens)
+        bench_decode(Path(a.decode_model) if a.decode_model else m["Q4_K_M"], a.threads, a.decode_tokens)
     return 0
 
 
