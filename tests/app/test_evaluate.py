@@ -291,3 +291,25 @@ def test_eval_maps_one_model_at_a_time_and_stores_the_reference(ggufs, tmp_path)
     fa = eval_ladder(ggufs["F16"], [ggufs["Q2_K"]], n_ctx=N_CTX, n_chunks=1, save=False, store=store,
                      options=LoadOptions(n_threads=THREADS, flash_attn="on"))
     assert not fa[0].reference_cached and fa[1].flash_attn == "on"
+
+
+def test_base_rows_round_trip_within_one_level():
+    """llama-perplexity's 16-bit rows: log p within half a level of the exact log-softmax above max - 16, the
+    clamped tail at the bottom level, a flat row (scale 0) as -log(n_vocab) everywhere."""
+    from app.core.refstore import decode_rows, encode_rows, row_width
+
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((4, 1001)) * 6).astype(np.float32)
+    z[3] = 1.5                                              # every logit equal
+    rows = encode_rows(z)
+    assert rows.shape == (4, row_width(1001)) == (4, 1006) and rows.dtype == np.uint16
+    lp, mask = decode_rows(rows, 1001)
+    exact = z.astype(np.float64) - z.max(1, keepdims=True)
+    exact -= np.log(np.exp(exact).sum(1, keepdims=True))
+    scale = (z.max(1) - np.maximum(z.min(1), z.max(1) - 16)) / 65535
+    live = z > (z.max(1, keepdims=True) - 16)
+    err = np.abs(lp - exact)
+    assert np.all(err[:3][live[:3]] <= (scale[:3, None] * 0.5 + 1e-5).repeat(1001, 1)[live[:3]])
+    assert np.all(lp[:3][~live[:3]] <= exact[:3].max() - 16 + 1e-4)
+    np.testing.assert_allclose(lp[3], -np.log(1001), rtol=1e-6)
+    assert mask[3].all()
