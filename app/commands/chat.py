@@ -42,6 +42,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"nucleus sampling, 0 to 1 (default {d.top_p})")
     p.add_argument("--max-tokens", type=A.positive_int, default=d.max_tokens, metavar="N",
                    help=f"most tokens per reply, reasoning included (default {d.max_tokens})")
+    p.add_argument("--overthinking-penalty", type=float, default=0.0, metavar="B",
+                   help="logit bias taken off ~50 hesitation markers ('Wait', 'Alternatively'...) to shorten "
+                        "reasoning chains (default 0 = off)")
     p.add_argument("--ctx", type=A.context_size, default=4096, metavar="N",
                    help="context window in tokens (default 4096; 0 = the model's trained length)")
     p.add_argument("--threads", type=A.threads, default="auto", metavar="N",
@@ -170,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     from .device_flags import device_fields
 
     settings = SamplingSettings(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-                                greedy=args.greedy, seed=args.seed)
+                                greedy=args.greedy, seed=args.seed,
+                                overthinking_penalty=args.overthinking_penalty)
     out, err = sys.stdout, sys.stderr
     history = None if args.no_history else History()
     if history is not None and history.notice:

@@ -98,3 +98,19 @@ def test_missing_and_non_utf8_files(tmp_path):
     bad.write_bytes(b'name = "caf\xe9"\n')
     with pytest.raises(ProbeSetError, match="UTF-8"):
         load_probe_set(bad)
+
+
+def test_cli_refuses_a_bad_set_with_one_line_and_shows_the_judge_prompt(tmp_path, capsys):
+    from app.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('subjects = ["a"]\n[[templates]]\ntext = "q {nothing}"\n', encoding="utf-8")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    assert main(["probe", str(bad), str(model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.toml: line 3:" in err[0] and "{nothing}" in err[0]
+    assert main(["probe", "5-checkable-reasoning", str(tmp_path / "missing.gguf")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    assert main(["probe", "x", "y", "--show-judge-prompt"]) == 0
+    assert "Reply with the digit only." in capsys.readouterr().out

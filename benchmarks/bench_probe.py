@@ -1,0 +1,79 @@
+"""Probes per minute: several probes decoded at once (2, 4, 8 sequences in one context) vs one at a time, in the
+same run, on SmolLM2-135M (Q8_0) and the 1.5B model at R1-Distill-Qwen-1.5B's shapes (Q4_K_M).
+
+Each configuration decodes the same probes (the first N problems of the built-in checkable set, greedy, at most
+--max-tokens tokens each) with app.core.probes.decoder.BatchDecoder; "one at a time" is the same decoder with one
+sequence, which is exactly Engine.chat's computation (tests/app/test_probes_run.py).  Printed: probes/min,
+generated tokens/s, and the speed-up over one at a time.  Goal: >= 2.5x at 4 sequences on 2 cores.
+
+    .venv/bin/python benchmarks/bench_probe.py [--probes 8] [--max-tokens 96] [--threads 2] [--skip-1p5b]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.core.chat_types import SamplingSettings  # noqa: E402
+from app.core.engine import Engine  # noqa: E402
+from app.core.probes import builtin_sets  # noqa: E402
+from app.core.probes.decoder import BatchDecoder, DecodeJob  # noqa: E402
+from app.core.probes.probeset import load_probe_set  # noqa: E402
+
+
+def measure(engine: Engine, jobs: list[DecodeJob], parallel: int, settings: SamplingSettings,
+            threads: int) -> tuple[float, int]:
+    out: list = []
+    with BatchDecoder(engine, n_parallel=parallel, n_ctx_seq=512, settings=settings, n_threads=threads) as d:
+        t0 = time.perf_counter()
+        d.run(list(jobs), out.append)
+        dt = time.perf_counter() - t0
+    return dt, sum(len(r.tokens) for r in out)
+
+
+def bench(name: str, path: Path, args: argparse.Namespace) -> None:
+    pset = load_probe_set([p for p in builtin_sets() if "checkable" in p.name][0])
+    settings = SamplingSettings(greedy=True, max_tokens=args.max_tokens)
+    with Engine(path, n_ctx=512, n_threads=args.threads) as engine:
+        probes = list(pset.probes())[: args.probes]
+        jobs = []
+        for p in probes:
+            prep = engine.render_tokens([{"role": "user", "content": p.prompt}])
+            jobs.append(DecodeJob(p, list(prep.tokens), p.seed, prep.starts_in_reasoning))
+        measure(engine, jobs[:1], 1, SamplingSettings(greedy=True, max_tokens=4), args.threads)     # warm-up
+        base = None
+        for parallel in (1, 2, 4, 8):
+            dt, tokens = measure(engine, jobs, parallel, settings, args.threads)
+            rate = len(jobs) / dt * 60
+            base = base or rate
+            print(f"{name:<22} parallel={parallel}  {len(jobs)} probes, {tokens} tokens in {dt:7.1f} s: "
+                  f"{rate:7.1f} probes/min, {tokens / dt:7.1f} tok/s, x{rate / base:.2f} vs one at a time",
+                  flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--probes", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-1p5b", action="store_true")
+    args = ap.parse_args()
+    print(f"{os.cpu_count()} CPUs, {args.threads} threads, load average {os.getloadavg()[0]:.1f} (other work on "
+          f"the machine slows every configuration)", flush=True)
+    from tests.conftest import smollm2_gguf_path
+
+    bench("SmolLM2-135M Q8_0", smollm2_gguf_path("Q8_0"), args)
+    if not args.skip_1p5b:
+        from tests.qwen15 import qwen15_gguf_path
+
+        bench("Qwen2 1.5B Q4_K_M", qwen15_gguf_path("Q4_K_M"), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
