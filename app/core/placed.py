@@ -78,3 +78,27 @@ def cost_cache_for(reference: Path, imatrix: Path | None) -> Path:
     d = cache_dir() / "sensitivity"
     d.mkdir(parents=True, exist_ok=True)
     return d / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
+
+
+def plan_for_checkpoint(src: str | os.PathLike[str], recipe: str, *, imatrix: str | os.PathLike[str] | None = None,
+                        threads: int | None = None, target_bytes: int | None = None, progress=None,
+                        cancel=None) -> tuple[PlacedPlan, Path]:
+    """Everything a *_D recipe needs for checkpoint ``src``, made or reused: the reference GGUF, the importance
+    matrix (``imatrix``, else computed over the built-in text) and the measured costs; returns the plan and the
+    importance matrix to quantize with (the quantize dialog's "Plan by sensitivity")."""
+    from .imatrix_auto import PhaseProgress, auto_imatrix, ensure_reference
+    from .load_options import LoadOptions
+
+    def on_chunk(p) -> None:
+        if progress is not None:
+            progress(PhaseProgress(f"importance matrix: chunk {p.chunk}/{p.n_chunks}", p.chunk, p.n_chunks,
+                                   p.chunk, p.n_chunks))
+
+    ref = ensure_reference(src, threads=threads, cancel=cancel)
+    im = Path(imatrix) if imatrix is not None else auto_imatrix(src, options=LoadOptions(n_threads=threads),
+                                                                  threads=threads, progress=on_chunk, cancel=cancel)
+    if progress is not None:
+        progress(PhaseProgress("measuring each tensor's error at each type", 0, 1, 0, 1))
+    pp = placed_plan(src, recipe, reference=ref, imatrix=im, target_bytes=target_bytes,
+                     cost_cache=cost_cache_for(ref, im))
+    return pp, im

@@ -96,3 +96,85 @@ def test_full_disk_shows_one_dialog_and_the_app_goes_on(dialog, error_reports, m
     assert "smaller bit-width" in r.advice
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=10000)
     assert not (paths.models_dir() / NAME).exists()  # nor the folder made for it
+
+
+@pytest.mark.timeout(1200)
+def test_compute_importance_matrix_then_quantize(dialog, window, qtbot, monkeypatch):
+    """'Importance matrix: compute' runs the model's F16 from the library over the built-in text and quantizes
+    with the result: the GGUF records it as llama-quantize does.  Low-bit rows say it matters."""
+    import app.core.imatrix as imx
+    import app.ui.quantize_dialog as qd
+    from app.core.imatrix import cached_path
+    from tests.quantizer.test_recipes import read_gguf
+
+    # the built-in text cut to its first ~3 chunks (the whole is ~21 chunks of SmolLM2 tokens: minutes on a busy
+    # machine); patched in this process, so the job runs here too, with one quantizer thread (no worker processes
+    # forked from a process that has run llama.cpp's OpenMP threads)
+    short = imx.builtin_calibration_text()[:5000]
+    monkeypatch.setattr(imx, "builtin_calibration_text", lambda: short)
+    monkeypatch.setattr(qd, "IN_PROCESS", False)
+    dialog.threads.setFocus()
+    dialog.threads.selectAll()
+    qtbot.keyClicks(dialog.threads, "1")
+    assert dialog.threads.value() == 1
+
+    assert "importance matrix matters" in dialog.row_text("Q2_K")[6]
+    assert "importance matrix matters" in dialog.row_text("Q3_K_S")[6]
+    assert "importance matrix" not in dialog.row_text("Q8_0")[6]
+    mode = dialog.imatrix_mode
+    assert [mode.itemText(i).split(" (")[0] for i in range(mode.count())] == ["none", "compute", "file"]
+    assert mode.currentText() == "none" and "min)" in mode.itemText(1)
+    mode.setFocus()
+    qtbot.keyClick(mode, Qt.Key.Key_Down)  # none -> compute
+    assert mode.currentText().startswith("compute") and not dialog.imatrix.isEnabled()
+    dialog.select_recipe("Q4_0")  # the cheapest recipe whose encoder takes the importance matrix
+    seen = []
+    qtbot.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
+    dialog._job.progress.connect(lambda p: seen.append(p.tensor))
+    out = paths.models_dir() / NAME / f"{NAME}-Q4_0.gguf"
+    with qtbot.waitSignal(dialog.quantized, timeout=1100000) as sig:
+        pass
+    assert sig.args == [out]
+    assert any(s.startswith("importance matrix: chunk") for s in seen)
+    kv, _, _ = read_gguf(out)
+    im = kv["quantize.imatrix.file"]
+    assert im.startswith(str(cached_path("")).rsplit("/", 1)[0]) and kv["quantize.imatrix.entries_count"] == 210
+    assert kv["quantize.imatrix.dataset"] == "distilldesk-calibration-v1"
+
+
+@pytest.mark.timeout(1200)
+def test_sensitivity_plan_shown_then_quantized(dialog, smollm2_gguf, qtbot, tmp_path):
+    """'Plan by sensitivity' for Q3_K_M's size: the plan (types per tensor group and why) is shown before any
+    quantizing; Quantize then makes <name>-Q3_K_D.gguf with those types, an ordinary GGUF llama.cpp loads."""
+    import llama_cpp
+
+    from app.core.imatrix import compute_imatrix
+    from app.core.load_options import LoadOptions
+    from tests.quantizer.test_recipes import read_gguf
+
+    im = compute_imatrix(smollm2_gguf("Q8_0"), tmp_path / "im.gguf", chunk_size=128, n_chunks=2,
+                         options=LoadOptions(n_threads=2, flash_attn="off"), use_cache=False).path
+    dialog.imatrix.setFocus()
+    qtbot.keyClicks(dialog.imatrix, str(im))  # typing a path chooses "file"
+    assert dialog.imatrix_mode.currentText() == "file"
+    dialog.select_recipe("Q4_K_S")
+    assert not dialog.place_button.isEnabled()  # no *_D counterpart
+    dialog.select_recipe("Q3_K_M")
+    assert dialog.place_button.isEnabled() and not dialog.plan_view.isVisible()
+    qtbot.mouseClick(dialog.place_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.placed is not None, timeout=1000000)
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=10000)
+    plan = dialog.plan_view.toPlainText()
+    assert dialog.plan_view.isVisible() and plan.startswith("Q3_K_D: Q3_K_M's tensors outside the blocks")
+    assert "attn_v" in plan and "ffn_down" in plan and "error" in plan
+    assert dialog.start_button.text() == "Quantize Q3_K_D"
+    types = dialog.placed[0].types
+    with qtbot.waitSignal(dialog.quantized, timeout=600000) as sig:
+        qtbot.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
+    out = paths.models_dir() / NAME / f"{NAME}-Q3_K_D.gguf"
+    assert sig.args == [out]
+    _, got, _ = read_gguf(out)
+    assert {n: got[n][0].name for n in types} == types
+    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)  # stock llama.cpp loads it
+    assert llm.create_completion("Hello", max_tokens=2)["usage"]["completion_tokens"] >= 1
+    llm.close()
