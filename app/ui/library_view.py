@@ -319,7 +319,7 @@ class LibraryView(QWidget):
         self._open_job = job.start()
 
     def _open_failed(self, p: Path, e: BaseException) -> None:
-        show_error(self, e, context=f"{p.name} cannot be opened (the loaded model stays)")
+        show_error(self, e, context="Nothing was unloaded")  # the message names the file and what is wrong
         self.refresh()  # the listing marks it
 
     def _quantize(self) -> None:
