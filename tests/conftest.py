@@ -58,7 +58,9 @@ def pytest_terminal_summary(terminalreporter):
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if GPU_SKIP_MARK in str(r.longrepr)]
     if skipped:
         reason = str(skipped[0].longrepr[2]) if isinstance(skipped[0].longrepr, tuple) else ""
-        terminalreporter.write_line(f"NOTE: {len(skipped)} GPU tests were NOT run: {reason}", yellow=True, bold=True)
+        reason = reason.removeprefix("Skipped: ").removeprefix(GPU_SKIP_MARK + ": ")
+        terminalreporter.write_line(f"NOTE: {len(skipped)} GPU test(s) were NOT run: {reason}", yellow=True,
+                                    bold=True)
 
 
 @pytest.fixture(autouse=True)
