@@ -40,7 +40,7 @@ def test_the_simulation_blocks_what_it_says():
     code = r"""
 import os, sys
 assert "distilldesk_posixless" in sys.modules
-missing = [n for n in ("fork", "sched_getaffinity", "sync_file_range", "posix_fadvise") if hasattr(os, n)]
+missing = [n for n in ("fork", "sched_getaffinity", "sync_file_range", "posix_fadvise", "pwrite") if hasattr(os, n)]
 assert not missing, missing
 ns = {"__file__": os.path.join(os.environ["DISTILLDESK_PROJECT_ROOT"], "app", "ui", "main_window.py")}
 for mod in ("resource", "fcntl", "termios", "pwd", "grp"):
@@ -84,6 +84,24 @@ def test_the_gui_self_test_runs(smollm2_checkpoint, tmp_path):
     assert "self-test: all steps passed" in proc.stdout
 
 
+def test_the_machines_memory_is_known_without_sysconf():
+    """The RAM checks before a load (llama_runtime) read the OS's counters through psutil, not /proc or sysconf
+    (the project's code never calls ``os.sysconf``: checked below, as it is absent on Windows)."""
+    code = ("from app.core.llama_runtime import available_memory, total_memory\n"
+            "print(available_memory(), total_memory())")
+    proc = posixless(code)
+    assert proc.returncode == 0, proc.stderr
+    available, total = map(int, proc.stdout.split())
+    assert 0 < available <= total
+    users = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+             if "os.sysconf" in p.read_text(encoding="utf-8")]
+    assert users == []
+    if os.path.exists("/proc/meminfo"):
+        meminfo = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in open("/proc/meminfo")}
+        assert total == meminfo["MemTotal"]
+        assert abs(available - meminfo["MemAvailable"]) < 512 << 20
+
+
 def test_the_status_bar_memory_is_the_current_rss():
     code = r"""
 import os
@@ -124,7 +142,8 @@ def test_threads_without_sched_getaffinity_follow_the_affinity_mask():
 
 
 def test_quantize_without_fork_writes_the_same_file(tmp_path):
-    """No ``os.fork``: the quantizer's workers are threads, and the GGUF is byte for byte the forked one."""
+    """No ``os.fork``: the quantizer's workers are threads; no ``os.pwrite``: they seek and write under a lock;
+    the GGUF is byte for byte the forked one."""
     cfg = tm.make_config("llama", 49152)
     ckpt = tm.write_checkpoint(tmp_path / "ckpt", cfg, tm.make_weights(cfg), dtype=np.float16,
                                tokenizer=tm.SMOL_TOKENIZER)

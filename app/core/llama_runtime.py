@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import re
 import threading
 from collections import deque
@@ -91,29 +90,25 @@ def gpu_backend() -> str | None:
     return None
 
 
-def _memory(meminfo_key: str, sysconf_pages: str) -> int | None:
-    """Bytes from /proc/meminfo's ``meminfo_key`` (Linux), else ``sysconf(sysconf_pages) * page size``."""
+def _memory(field: str) -> int | None:
+    """``psutil.virtual_memory().<field>`` in bytes (Linux: /proc/meminfo; Windows, macOS: the OS's own counters),
+    or None where it cannot be read."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(meminfo_key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf(sysconf_pages) * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        import psutil
+
+        return int(getattr(psutil.virtual_memory(), field))
+    except (ImportError, OSError, AttributeError, RuntimeError):
         return None
 
 
 def available_memory() -> int | None:
-    """Bytes of RAM available to a new allocation (Linux MemAvailable; elsewhere free physical pages)."""
-    return _memory("MemAvailable", "SC_AVPHYS_PAGES")
+    """Bytes of RAM available to a new allocation without swapping (Linux MemAvailable; the same on every OS)."""
+    return _memory("available")
 
 
 def total_memory() -> int | None:
-    """Bytes of physical RAM in this machine (Linux MemTotal; elsewhere physical pages), or None if unknown."""
-    return _memory("MemTotal", "SC_PHYS_PAGES")
+    """Bytes of physical RAM in this machine, or None if unknown."""
+    return _memory("total")
 
 
 def recent_problems() -> list[str]:

@@ -3,8 +3,9 @@ non-POSIX one for DistillDesk's own code.
 
 * ``resource``, ``fcntl``, ``termios``, ``pwd`` and ``grp`` cannot be imported from the project's modules (third-
   party packages still can: their Linux builds use them, their Windows builds have their own code);
-* ``os.fork``, ``os.forkpty``, ``os.sched_getaffinity``, ``os.sync_file_range`` and ``os.posix_fadvise`` are gone,
-  for everyone, as on Windows (and the last three on macOS).
+* ``os.fork``, ``os.forkpty``, ``os.sched_getaffinity``, ``os.sync_file_range``, ``os.posix_fadvise``, and
+  ``os.pwrite``, ``os.pread`` (none on Windows) are gone, for everyone.  (``os.sysconf`` stays: psutil's Linux
+  build needs it; the project itself no longer calls it.)
 """
 import builtins
 import os
@@ -26,7 +27,7 @@ def _import(name, globals=None, locals=None, fromlist=(), level=0):
 
 
 builtins.__import__ = _import
-for _name in ("fork", "forkpty", "sched_getaffinity", "sync_file_range", "posix_fadvise"):
+for _name in ("fork", "forkpty", "sched_getaffinity", "sync_file_range", "posix_fadvise", "pwrite", "pread"):
     if hasattr(os, _name):
         delattr(os, _name)
 sys.modules["distilldesk_posixless"] = sys  # a marker the test checks
