@@ -130,10 +130,11 @@ class Answers:
     dialogs beyond the list are dismissed (Cancel / No / Close / Escape).  Yields the list of :class:`Seen`."""
 
     def __init__(self, answers: Iterable[str | Callable[[QDialog], None]] = (),
-                 ignore: Callable[[QWidget], bool] = lambda _w: False) -> None:
+                 ignore: Callable[[QWidget], bool] = lambda _w: False, close_popups: bool = False) -> None:
         self.answers = list(answers)
         self.seen: list[Seen] = []
         self._ignore = ignore
+        self._close_popups = close_popups  # e.g. a tool button's menu (its exec() would block the click)
         self._handled: list[QWidget] = []  # the dialogs themselves: an id() is reused once one is freed
         self._when: list[float] = []
         self.stuck = False
@@ -153,6 +154,12 @@ class Answers:
     def _poll(self) -> None:
         import time
 
+        popup = QApplication.activePopupWidget()
+        if self._close_popups and isinstance(popup, QMenu) and popup.isVisible():
+            self.seen.append(Seen("QMenu", popup.title(), "", [_strip(a.text()) for a in popup.actions()],
+                                  "closed"))
+            popup.close()
+            return
         w = QApplication.activeModalWidget()
         if not isinstance(w, QDialog) or not w.isVisible() or self._ignore(w):
             return
