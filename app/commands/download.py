@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.core.units import format_size
+from app.core.units import format_params, format_size
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def _search(text: str) -> int:
         print(f"no convertible model matches {text!r}", file=sys.stderr)
         return 1
     for m in models:
-        params = f"{m.n_params / 1e9:.2f}B" if m.n_params else "?"
+        params = format_params(m.n_params) if m.n_params else "?"
         print(f"{m.repo_id:60s} {m.architecture:20s} {params:>8s} {m.downloads:>10d} downloads"
               f"{'  (gated)' if m.gated else ''}")
     return 0

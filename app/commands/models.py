@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from app.core.units import format_size
+from app.core.units import format_params, format_size
 
 _CATALOG_RECIPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 
@@ -102,7 +102,7 @@ def _catalog(as_json: bool) -> int:
         return 0
     print(f"size / RAM to chat at {DEFAULT_N_CTX} tokens of context, predicted from the quantizer's recipes")
     for m in models:
-        print(f"{m.repo_id}  ({m.params_label} params, {m.architecture}, {m.license})")
+        print(f"{m.repo_id}  ({format_params(m.n_params)} params, {m.architecture}, {m.license})")
         print(f"  {m.license_note}")
         est = {e.recipe: e for e in m.estimates()}
         print("  " + "  ".join(f"{r} {format_size(est[r].size_bytes)}/{format_size(est[r].ram_bytes)}"

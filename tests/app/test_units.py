@@ -29,3 +29,15 @@ def test_no_binary_units_or_private_formatters_left_in_the_app():
                     r"def (_size|human_size)\("):
             offenders += [f"{f.relative_to(APP)}: {m.group(0)}" for m in re.finditer(pat, src)]
     assert offenders == []
+
+
+def test_parameter_counts_have_one_format():
+    """'135M' and '1.78B' everywhere (the Quantize dialog said '0.13 B', the Download dialog '1.78B'); the
+    catalog's own labels agree with it."""
+    from app.core import catalog
+    from app.core.units import format_params
+
+    assert [format_params(n) for n in (134_515_008, 1_777_088_000, 14_770_033_664, 70_553_706_496, 999_600_000)] \
+        == ["135M", "1.78B", "14.8B", "70.6B", "1.00B"]
+    for m in catalog.load_catalog():
+        assert format_params(m.n_params) == m.params_label, m.repo_id
