@@ -163,11 +163,9 @@ class ProcessEngine:
     def _lost(self, lost: list[str], detail: str) -> None:
         self._kill()
         self._closed = True
-        lost = lost or [w for w in self._workers if not _reachable(w)]
-        if lost:
-            raise WorkerLostError(f"the RPC worker {', '.join(lost)} was lost while the model ran on it; the "
-                                  f"conversation is kept: start the worker again (or remove it in Settings) and "
-                                  f"load the model again")
+        err = lost_worker_error(self._workers, lost)
+        if err is not None:
+            raise err
         raise EngineError(f"the model's process ended unexpectedly (exit code {self._proc.exitcode}); the "
                           f"conversation is kept: load the model again" + (f" ({detail})" if detail else ""))
 
@@ -203,3 +201,14 @@ def _reachable(endpoint: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def lost_worker_error(workers: Sequence[str], lost: Sequence[str] = ()) -> WorkerLostError | None:
+    """The error naming the ``lost`` workers (or, if not known, those of ``workers`` that no longer accept
+    connections); None when every worker still answers."""
+    lost = list(lost) or [w for w in workers if not _reachable(w)]
+    if not lost:
+        return None
+    return WorkerLostError(f"the RPC worker {', '.join(lost)} was lost while the model ran on it; the "
+                           f"conversation and results so far are kept: start the worker again (or remove it in "
+                           f"Settings) and load the model again")

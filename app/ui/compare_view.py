@@ -38,6 +38,7 @@ from .job_views import SingleJobView
 from .ladder_panel import LadderPanel
 from .library_model import ModelGroup
 from .plots import KLPlot
+from .worker_jobs import job_call
 from .workers import Job, ThreadRegistry
 
 DEFAULT_PROMPT = "What is 17 times 24? Explain briefly."
@@ -276,10 +277,11 @@ class CompareView(SingleJobView, QWidget):
         self.clear_results()
         self._run_pair = (ref, cand)
         s = self._settings()
-        job = Job(compare, ref, cand, prompt, registry=self._registry, name="compare",
-                  streams=("on_reference_text", "on_candidate_text"), max_tokens=self.max_tokens.value(),
-                  n_ctx=s.context_size, options=s.load_options(), store=s.reference_store(),
-                  use_cache=not self.fresh_reference.isChecked())
+        fn, lead, extra = job_call(compare, "app.core.compare:compare", s.load_options(),
+                                   streams=("on_reference_text", "on_candidate_text"))
+        job = Job(fn, *lead, ref, cand, prompt, registry=self._registry, name="compare",
+                  max_tokens=self.max_tokens.value(), n_ctx=s.context_size, options=s.load_options(),
+                  store=s.reference_store(), use_cache=not self.fresh_reference.isChecked(), **extra)
         job.stream.connect(self._on_stream)
         job.failed.connect(lambda _e: self._forget_run())
         job.cancelled.connect(self._forget_run)

@@ -29,6 +29,7 @@ from .errors import show_error
 from .job_views import SingleJobView
 from .library_model import ModelGroup
 from .plots import LadderPlot, LadderPoint
+from .worker_jobs import job_call
 from .workers import Job, ThreadRegistry
 
 COLUMNS = ["Type", "Size", "Bits/weight", "PPL", "ΔPPL", "Mean KL", "Top-1"]
@@ -170,9 +171,10 @@ class LadderPanel(SingleJobView, QWidget):
         cands = [e.path for e in g.quantized()]
         s = self._settings()
         self._asked_chunks = self.chunks.value()
-        job = Job(eval_ladder, ref.path, cands, registry=self._registry, name="eval-ladder",
+        fn, lead, extra = job_call(eval_ladder, "app.core.evaluate:eval_ladder", s.load_options())
+        job = Job(fn, *lead, ref.path, cands, registry=self._registry, name="eval-ladder",
                   n_ctx=self.ctx.value(), n_chunks=self._asked_chunks, options=s.load_options(),
-                  store=s.reference_store(), use_cache=not self.fresh_reference.isChecked())
+                  store=s.reference_store(), use_cache=not self.fresh_reference.isChecked(), **extra)
         self.caption.setText(f"Evaluating {len(cands)} quantization(s) of {g.name}…")
         self._launch(job, on_done=self._on_done, on_progress=self._on_progress, busy_text="loading the models…")
 

@@ -99,3 +99,45 @@ def test_a_worker_lost_mid_reply_is_named_and_the_app_keeps_the_conversation(win
             p.kill()
             p.wait(10)
             p.stderr.close()
+
+
+def test_compare_on_workers_runs_apart_and_a_lost_worker_in_the_ladder_is_named(window, library_models,
+                                                                                error_reports, qtbot, monkeypatch):
+    """Compare and the eval ladder with workers run in a child process (app.ui.worker_jobs): results come back;
+    a worker killed mid-run is named in the error and the app carries on."""
+    from tests.app.test_rpc import start_worker
+
+    monkeypatch.delenv("GGML_VK_VISIBLE_DEVICES")
+    procs = [start_worker(), start_worker()]
+    try:
+        (a, b) = [endpoint for _, endpoint in procs]
+        window.settings.rpc_workers, window.settings.gpu_layers = [a, b], -1
+        window.settings.context_size = 1024
+        q8, q4 = library_models("Q8_0", "Q4_K_M")
+        window.library.refresh_now()
+        view = window.compare
+        view.set_groups(window.library.groups())
+        view.set_pair(q8, q4)
+        view.prompt.setPlainText("What is 17 times 24?")
+        view.max_tokens.setValue(12)
+        with qtbot.waitSignal(view.compareFinished, timeout=300000) as sig:
+            qtbot.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+        assert sig.args[0].load["rpc"] and sig.args[0].candidate_tokens
+        qtbot.waitUntil(lambda: not view.is_busy(), timeout=10000)
+        ladder = view.ladder
+        ladder.chunks.setValue(8)
+        ladder.ctx.setValue(128)
+        qtbot.mouseClick(ladder.run_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: ladder.is_busy(), timeout=10000)
+        qtbot.wait(3000)                                   # the child has loaded the reference on the workers
+        procs[1][0].kill()
+        qtbot.waitUntil(lambda: bool(error_reports), timeout=120000)
+        (r,) = error_reports
+        assert r.title == "A worker was lost" and b in r.message and a not in r.message
+        qtbot.waitUntil(lambda: not ladder.is_busy(), timeout=30000)
+        assert window.isVisible()
+    finally:
+        for p, _ in procs:
+            p.kill()
+            p.wait(10)
+            p.stderr.close()
