@@ -91,12 +91,18 @@ class LibraryView(QWidget):
         self.hint = QLabel()
         self.hint.setObjectName("hintLabel")
         self.hint.setWordWrap(True)
+        # partial GGUFs a killed quantize left in the models folder, until the next quantize there removes them
+        self.unfinished = QLabel()
+        self.unfinished.setObjectName("unfinishedLabel")
+        self.unfinished.setWordWrap(True)
+        self.unfinished.setVisible(False)
         listing = QWidget()
         ll = QVBoxLayout(listing)
         ll.setContentsMargins(0, 0, 0, 0)
         ll.addLayout(bar)
         ll.addWidget(self.tree, 1)
         ll.addWidget(self.hint)
+        ll.addWidget(self.unfinished)
         self.stack = QStackedWidget()
         self.stack.addWidget(listing)
         self.stack.addWidget(self._empty_state())
@@ -219,10 +225,21 @@ class LibraryView(QWidget):
         self.tree.expandAll()
         for c in range(1, len(COLUMNS)):
             self.tree.resizeColumnToContents(c)
+        self._show_unfinished()
         self.stack.setCurrentIndex(0 if self._groups else 1)
         if selected:
             self.select_path(selected)
         self._update_buttons()
+
+    def _show_unfinished(self) -> None:
+        from app.core.unfinished import unfinished_outputs
+
+        lines = [f"{f.output_name}: {format_size(f.size_bytes)} "
+                 + ("left by a conversion that was killed; the next quantize into that folder removes it"
+                    if f.stale else "being written by a conversion in progress") + f" ({f.path})"
+                 for f in unfinished_outputs()]
+        self.unfinished.setText("Unfinished conversions:\n" + "\n".join(lines) if lines else "")
+        self.unfinished.setVisible(bool(lines))
 
     def _gguf_row(self, e: lm.GgufEntry, ref: lm.GgufEntry | None) -> list[QStandardItem]:
         q = self._quality.get(e.path)
