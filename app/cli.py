@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"distilldesk {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("--demo", action="store_true", help="open the app straight on the built-in SmolLM2 demo model")
-    p.add_argument("--self-test", nargs="?", const="", metavar="MODEL.gguf", default=None,
+    p.add_argument("--self-test", nargs="?", const="", metavar="MODEL.gguf|demo", default=None,
                    help="check this installation (window, inference, kernels) and exit 0, or non-zero naming "
-                        "the failing step")
+                        "the failing step; on MODEL.gguf, on the demo model ('demo': downloaded once if this "
+                        "installation has no copy), or, with neither, on a tiny model our quantizer makes")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         mod = importlib.import_module(f"app.commands.{name}")  # no fallback: a missing command is a broken install
