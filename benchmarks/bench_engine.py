@@ -11,6 +11,10 @@ Sections (``--only NAME`` runs one):
 
 * ``eval``: teacher-forced evaluation tokens/s, ours vs ``Llama.eval`` (runs ``benchmarks/bench_eval.py``).
 
+* ``devices``: prompt and decode tokens/s per device next to plain CPU, same run: CPU, Vulkan (lavapipe on a
+  machine without a GPU), llama.cpp RPC over loopback with 1 and 2 ``distilldesk worker`` processes.  The RPC
+  ratio is the figure that matters (its overhead on identical kernels).
+
 A section is a function ``(args, models) -> None`` registered in ``SECTIONS``.  On a busy machine wall-clock
 rates are noisy: the best of ``--repeat`` runs is the figure to quote; the CPU-time row is a cross-check.
 
@@ -122,8 +126,76 @@ def bench_teacher_forced(args: argparse.Namespace, models: list[Path]) -> None:
     bench_eval.report(models[0], models[-1], n_tokens=512, threads=args.threads, repeat=args.repeat)
 
 
+# ---- devices -----------------------------------------------------------------------------------------------------
+def _device_run(path: Path, options, args: argparse.Namespace) -> tuple[float, float, str]:
+    """(best prompt tok/s, best decode tok/s, what it ran on) of Engine.chat with ``options`` (LoadOptions)."""
+    from app.core.engine import Engine, SamplingSettings
+
+    # A long prompt, so prompt processing is measured on a real batch (the chat template adds the rest).
+    prompt = PROMPT + " Include the weather, the sea, the ships and the people of the town. " * 6
+    with Engine(path, n_ctx=args.ctx, options=options) as engine:
+        where = engine.backend + (f", {engine.info.offload}" if engine.info.offload else "")
+        runs = []
+        for i in range(args.repeat + 1):                      # the first run warms up (shaders, caches)
+            engine.llama.reset()
+            r = engine.chat([{"role": "user", "content": prompt}], cancel=threading.Event(),
+                            settings=SamplingSettings(greedy=True, max_tokens=8 if i == 0 else args.tokens))
+            if i:
+                runs.append((r.stats.prompt_tokens_per_s, r.stats.decode_tokens_per_s))
+    return max(r[0] for r in runs), max(r[1] for r in runs), where
+
+
+def bench_devices(args: argparse.Namespace, models: list[Path]) -> None:
+    """Prompt and decode tok/s per device, next to plain CPU in the same run: CPU, Vulkan (lavapipe here, when
+    the module is installed), and RPC workers over loopback (1 and 2 `distilldesk worker` processes serving their
+    CPU).  The RPC ratio is llama.cpp's RPC overhead (same CPU kernels, data through TCP)."""
+    import os
+    import subprocess
+
+    os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")    # lavapipe counts as a device for this benchmark
+    os.environ.setdefault("GGML_VK_DISABLE_F16", "1")
+    from app.core import backends
+    from app.core.load_options import LoadOptions
+    from tests.app.test_rpc import start_worker
+
+    path = models[-1]
+    fa = "off"                                                # the same attention path everywhere
+    print(f"devices  {path.name}: {args.tokens} generated tokens, best of {args.repeat} runs, CPU {args.threads} "
+          f"threads (workers: 2 threads each, same machine)", flush=True)
+    cpu = _device_run(path, LoadOptions(n_threads=args.threads, flash_attn=fa), args)
+
+    def row(name: str, pp: float, tg: float, where: str) -> None:
+        print(f"  {name:<8} prompt {pp:8.1f} tok/s ({pp / cpu[0]:.2f}x CPU)   decode {tg:8.1f} tok/s "
+              f"({tg / cpu[1]:.2f}x CPU)   [{where}]", flush=True)
+
+    row("CPU", *cpu)
+    vulkan = [d.name for d in backends.list_devices() if d.backend == "Vulkan"]
+    if vulkan:
+        row("Vulkan", *_device_run(path, LoadOptions(n_threads=args.threads, n_gpu_layers=-1,
+                                                     devices=(vulkan[0],), flash_attn=fa), args))
+    else:
+        print("  no Vulkan device (make gpu GPU=vulkan; lavapipe: mesa-vulkan-drivers): Vulkan row skipped")
+    env_vk = os.environ.pop("GGML_VK_VISIBLE_DEVICES")       # workers serve their CPU
+    procs: list[tuple[subprocess.Popen, str]] = []
+    try:
+        for n in (1, 2):
+            while len(procs) < n:
+                proc, endpoint = start_worker()
+                procs.append((proc, endpoint))
+            eps = tuple(e for _, e in procs[:n])
+            names = tuple(d.name for d in backends.add_workers(eps))
+            row(f"RPC x{n}", *_device_run(path, LoadOptions(
+                n_threads=args.threads, n_gpu_layers=-1, rpc_workers=eps, devices=names, flash_attn=fa), args))
+    finally:
+        os.environ["GGML_VK_VISIBLE_DEVICES"] = env_vk
+        for proc, _ in procs:
+            proc.kill()
+            proc.wait(10)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, list[Path]], None]] = {"decode": bench_decode,
-                                                                         "eval": bench_teacher_forced}
+                                                                         "eval": bench_teacher_forced,
+                                                                         "devices": bench_devices}
 
 
 def main(argv: list[str] | None = None) -> int:
