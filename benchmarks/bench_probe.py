@@ -4,7 +4,8 @@ same run, on SmolLM2-135M (Q8_0) and the 1.5B model at R1-Distill-Qwen-1.5B's sh
 Each configuration decodes the same probes (the first N problems of the built-in checkable set, greedy, at most
 --max-tokens tokens each) with app.core.probes.decoder.BatchDecoder; "one at a time" is the same decoder with one
 sequence, which is exactly Engine.chat's computation (tests/app/test_probes_run.py).  Printed: probes/min,
-generated tokens/s, and the speed-up over one at a time.  Goal: >= 2.5x at 4 sequences on 2 cores.
+generated tokens/s, and the speed-up over one at a time, by wall time and by this process's CPU time (the
+second is steadier on a machine shared with other work).  Goal: >= 2.5x at 4 sequences on 2 cores.
 
     .venv/bin/python benchmarks/bench_probe.py [--probes 8] [--max-tokens 96] [--threads 2] [--skip-1p5b]
 """
@@ -27,13 +28,14 @@ from app.core.probes.probeset import load_probe_set  # noqa: E402
 
 
 def measure(engine: Engine, jobs: list[DecodeJob], parallel: int, settings: SamplingSettings,
-            threads: int) -> tuple[float, int]:
+            threads: int) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, generated tokens)."""
     out: list = []
     with BatchDecoder(engine, n_parallel=parallel, n_ctx_seq=512, settings=settings, n_threads=threads) as d:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         d.run(list(jobs), out.append)
-        dt = time.perf_counter() - t0
-    return dt, sum(len(r.tokens) for r in out)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return dt, cpu, sum(len(r.tokens) for r in out)
 
 
 def bench(name: str, path: Path, args: argparse.Namespace) -> None:
@@ -46,14 +48,14 @@ def bench(name: str, path: Path, args: argparse.Namespace) -> None:
             prep = engine.render_tokens([{"role": "user", "content": p.prompt}])
             jobs.append(DecodeJob(p, list(prep.tokens), p.seed, prep.starts_in_reasoning))
         measure(engine, jobs[:1], 1, SamplingSettings(greedy=True, max_tokens=4), args.threads)     # warm-up
-        base = None
+        base = base_cpu = None
         for parallel in (1, 2, 4, 8):
-            dt, tokens = measure(engine, jobs, parallel, settings, args.threads)
-            rate = len(jobs) / dt * 60
-            base = base or rate
-            print(f"{name:<22} parallel={parallel}  {len(jobs)} probes, {tokens} tokens in {dt:7.1f} s: "
-                  f"{rate:7.1f} probes/min, {tokens / dt:7.1f} tok/s, x{rate / base:.2f} vs one at a time",
-                  flush=True)
+            dt, cpu, tokens = measure(engine, jobs, parallel, settings, args.threads)
+            rate, cpu_rate = len(jobs) / dt * 60, len(jobs) / cpu * 60
+            base, base_cpu = base or rate, base_cpu or cpu_rate
+            print(f"{name:<18} parallel={parallel}  {len(jobs)} probes, {tokens} tokens in {dt:6.1f} s wall "
+                  f"({cpu:6.1f} s CPU): {rate:6.1f} probes/min, {tokens / dt:6.1f} tok/s, x{rate / base:.2f} vs "
+                  f"one at a time (per CPU-second: x{cpu_rate / base_cpu:.2f})", flush=True)
 
 
 def main() -> int:
