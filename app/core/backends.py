@@ -17,7 +17,8 @@ loads it -- and ctypes gets the very same handle.
   reported through :func:`set_worker_loss_hook` (the CLI prints one line and exits 2) before ggml aborts.
 * **Which devices a load uses**: :func:`plan` turns :class:`~app.core.load_options.LoadOptions` into the list of
   devices; :func:`model_devices` hands that list to llama.cpp (``llama_model_params.devices``), so a CPU load
-  (``n_gpu_layers=0``) really runs on the CPU only even when a GPU module or worker is registered in the process.
+  (``n_gpu_layers=0``) really runs on the CPU only even when a GPU module or worker is registered in the process;
+  any other ``Llama(...)`` in the process gets no device (CPU only) once the registry has been touched.
 """
 from __future__ import annotations
 
@@ -139,6 +140,7 @@ def _ggml() -> Any:
                                     ("ggml_set_abort_callback", vp, (vp,))]:
                 _sig(base, name, res, *args)
             _state.ggml = (reg, base)
+            _install_default_devices()
         return _state.ggml
 
 
@@ -393,34 +395,51 @@ def plan(options: Any) -> LoadPlan:
     return LoadPlan(tuple(chosen))
 
 
-@contextlib.contextmanager
-def model_devices(load_plan: LoadPlan) -> Iterator[None]:
-    """While active, llama-cpp-python's ``Llama(...)`` loads onto exactly ``load_plan.devices`` (an empty list:
-    the CPU only).  llama-cpp-python 0.3.36 leaves ``llama_model_params.devices`` NULL ("all devices") and
-    offers no argument for it, so its ``llama_model_default_params`` is wrapped for the duration of the load
-    (under a lock: loads are serialized), and the endpoints are counted as in use until :func:`release`."""
+_next_load = threading.local()      # .handles: the device list for the next llama_model_default_params()
+_NO_DEVICES = (ctypes.c_void_p * 1)(None)
+
+
+def _install_default_devices() -> None:
+    """From the first use of the registry on, every model load in this process gets an explicit device list:
+    the one :func:`model_devices` sets for the loading thread, else none (CPU only).  llama-cpp-python 0.3.36
+    leaves ``llama_model_params.devices`` NULL, which means "every GPU and worker registered": a plain
+    ``Llama(...)`` (a test's oracle, a benchmark's anchor) would otherwise run its large batches on a GPU module's
+    device through llama.cpp's op offload once one is loaded.  It offers no argument for the list, so its
+    ``llama_model_default_params`` is wrapped."""
     import llama_cpp.llama_cpp as lc
 
+    original = lc.llama_model_default_params
+    if getattr(original, "_distilldesk", False):
+        return
+
+    def with_devices() -> Any:
+        params = original()
+        params.devices = ctypes.addressof(getattr(_next_load, "handles", None) or _NO_DEVICES)
+        return params
+
+    with_devices._distilldesk = True  # type: ignore[attr-defined]
+    lc.llama_model_default_params = with_devices
+
+
+@contextlib.contextmanager
+def model_devices(load_plan: LoadPlan) -> Iterator[None]:
+    """While active, a ``Llama(...)`` created in this thread loads onto exactly ``load_plan.devices`` (an empty
+    list: the CPU only; see :func:`_install_default_devices`); the plan's workers count as in use until
+    :func:`release`."""
+    _ggml()
     handles = (ctypes.c_void_p * (len(load_plan.devices) + 1))(*[_handle(d.name) for d in load_plan.devices],
                                                                 None)
     with _lock:
-        original = lc.llama_model_default_params
-
-        def with_devices() -> Any:
-            params = original()
-            params.devices = ctypes.addressof(handles)
-            return params
-
-        lc.llama_model_default_params = with_devices
         for endpoint in load_plan.endpoints:
             _state.in_use[endpoint] = _state.in_use.get(endpoint, 0) + 1
-        try:
-            yield
-        except BaseException:
-            release(load_plan)
-            raise
-        finally:
-            lc.llama_model_default_params = original
+    _next_load.handles = handles
+    try:
+        yield
+    except BaseException:
+        release(load_plan)
+        raise
+    finally:
+        _next_load.handles = None
 
 
 def release(load_plan: LoadPlan) -> None:

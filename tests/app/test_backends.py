@@ -123,3 +123,15 @@ def test_the_vulkan_patch_applies_to_the_pinned_sources(tmp_path):
                                                                                                           guard)
     bootstrap.patch_vulkan(src)                     # idempotent
     assert f.read_text() == text
+
+
+def test_a_plain_llama_in_the_process_stays_on_the_cpu(smollm2_gguf):
+    """Once the registry is in use (GPU modules loaded, workers registered), a Llama(...) made outside the Engine
+    -- a test's oracle, a benchmark's anchor -- gets no device: llama.cpp would otherwise default to all of them."""
+    import llama_cpp
+
+    backends.list_devices()
+    with backends.capture_load_report() as report:
+        llm = llama_cpp.Llama(str(smollm2_gguf("Q8_0")), n_ctx=64, n_gpu_layers=-1, verbose=False)
+    llm.close()
+    assert report.buffers and all(name.startswith("CPU") for name in report.buffers), report.buffers
