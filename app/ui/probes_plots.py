@@ -46,12 +46,13 @@ def cell_color(results: Sequence[ProbeResult]) -> QColor:
 
 
 def cell_text(results: Sequence[ProbeResult]) -> str:
-    """``"412 tok · ✓ · J4"``: mean reasoning tokens, then flags (∅ skipped reasoning, ✂ cut at the limit,
+    """``"412+38 tok · ✓ · J4"``: mean reasoning + answer tokens, then flags (∅ skipped reasoning, ✂ cut at the limit,
     ⛔ refusal, ✓/✗ checkable, ↯ right answer lost), then the mean judge score."""
     if not results:
         return ""
     n = len(results)
-    parts = [f"{sum(r.reasoning_tokens for r in results) / n:.0f} tok"]
+    reasoning, answer = sum(r.reasoning_tokens for r in results) / n, sum(r.answer_tokens for r in results) / n
+    parts = [f"{reasoning:.0f}+{answer:.0f} tok"]
     flags = ""
     if any(r.skipped_reasoning for r in results):
         flags += "∅"
@@ -131,6 +132,10 @@ class ReasoningLengthPlot(_Plot):
             p.drawText(r, Qt.AlignmentFlag.AlignCenter, "no results yet")
             return
         width, counts = self.counts()
+        if all(x == 0 for _, v in self._series for x in v):
+            p.drawText(r, Qt.AlignmentFlag.AlignCenter, "no probe reasoned: every answer skipped the <think> block")
+            self._legend(p, r, [n for n, _ in self._series])
+            return
         peak = max(1, max(max(c) for c in counts))
         bw = r.width() / self.BINS
         m = len(counts)

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -154,6 +155,7 @@ class ProbesView(SingleJobView, QWidget):
         self.grid.setObjectName("probeGrid")
         self.grid.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.grid.cellClicked.connect(self._open_cell)
+        self.grid.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.length_plot = ReasoningLengthPlot()
         self.subject_plot = SubjectScorePlot()
         plots = QSplitter(Qt.Orientation.Vertical)
@@ -337,7 +339,6 @@ class ProbesView(SingleJobView, QWidget):
         self.grid.setVerticalHeaderLabels([f"{t} · {s}" if multi else s for t, s in rows])
         for r in self._results.values():
             self._update_cell(r)
-        self.grid.resizeColumnsToContents()
         self._refresh_figures()
         self._update_controls()
 
