@@ -130,14 +130,15 @@ def _compare_imatrix(a: Path, b: Path) -> dict:
 
 
 # ---- quality with llama-perplexity -------------------------------------------------------------------------
-def kl_base(f16: Path, work: Path, threads: int) -> Path:
+def kl_base(f16: Path, work: Path, threads: int, chunks: int) -> Path:
     from tests.llama_tools import llama_tool
 
     base = work / "f16.kld"
     if not base.exists():
         tmp = work / "f16.kld.partial"
         _run_tool([str(llama_tool("perplexity")), "-m", str(f16), "-f", str(EVAL_TEXT), "-c", "512", "-fa", "off",
-                   "-t", str(threads), "--kl-divergence-base", str(tmp)], work / "f16-base.log")
+                   "-t", str(threads), "--chunks", str(chunks), "--kl-divergence-base", str(tmp)],
+                  work / "f16-base.log")
         os.replace(tmp, base)
     return base
 
@@ -152,7 +153,7 @@ def _gguf_size(path: Path) -> tuple[int, float]:
     return path.stat().st_size, n_bytes * 8 / n_weights
 
 
-def measure(label: str, gguf_path: Path, base: Path, work: Path, threads: int) -> dict:
+def measure(label: str, gguf_path: Path, base: Path, work: Path, threads: int, chunks: int) -> dict:
     from tests.llama_tools import llama_tool
 
     out = work / f"row-{label}.json"
@@ -162,7 +163,8 @@ def measure(label: str, gguf_path: Path, base: Path, work: Path, threads: int) -
             return row
     log = work / f"kl-{label}.log"
     _run_tool([str(llama_tool("perplexity")), "-m", str(gguf_path), "-f", str(EVAL_TEXT), "-c", "512", "-fa", "off",
-               "-t", str(threads), "--kl-divergence-base", str(base), "--kl-divergence"], log)
+               "-t", str(threads), "--chunks", str(chunks), "--kl-divergence-base", str(base), "--kl-divergence"],
+              log)
     text = log.read_text()
 
     def grab(pattern: str) -> float:
@@ -212,6 +214,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chunks", type=int, default=6, help="calibration chunks of 512 tokens (default 6)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-chunks", type=int, default=2, help="chunks of 512 tokens of the eval text (default 2)")
     ap.add_argument("--work", default=None, help="folder for everything made (default: user cache)")
     ap.add_argument("--retime", action="store_true", help="time the imatrix collection again")
     ap.add_argument("--no-sensitivity", action="store_true", help="skip the Q3_K_D recipe")
@@ -231,18 +234,19 @@ def main() -> int:
     print(f"  files: {t['entries']} entries, counts equal: {t['counts_equal']}, largest relative difference of "
           f"the sums {t['max_rel_diff']:.2e}, byte-identical: {t['bytes_identical']}")
     imatrix = work / "ours-imatrix.gguf"
-    base = kl_base(f16, work, args.threads)
+    base = kl_base(f16, work, args.threads, args.eval_chunks)
     variants = [("Q2_K", "Q2_K", False), ("Q2_K+imatrix", "Q2_K", True), ("Q3_K_S", "Q3_K_S", False),
                 ("Q3_K_S+imatrix", "Q3_K_S", True), ("Q3_K_M+imatrix", "Q3_K_M", True)]
     rows = {}
     for label, recipe, with_im in variants:
         path = _variant(work, label, recipe, imatrix if with_im else None)
-        rows[label] = measure(label, path, base, work, args.threads)
+        rows[label] = measure(label, path, base, work, args.threads, args.eval_chunks)
         _print_row(rows[label])
     if not args.no_sensitivity:
         q3km = Path(rows["Q3_K_M+imatrix"]["file"])
         path, summary = sensitivity_gguf(f16, imatrix, q3km, work)
-        rows["Q3_K_D+imatrix"] = measure("Q3_K_D+imatrix", path, base, work, args.threads)
+        rows["Q3_K_D+imatrix"] = measure("Q3_K_D+imatrix", path, base, work, args.threads,
+                                            args.eval_chunks)
         print(summary)
     print(f"\n{'quantization':<16} {'size MiB':>9} {'bpw':>6} {'mean KL':>9} {'top-1 %':>8} {'PPL':>8}  ratio")
     for row in rows.values():

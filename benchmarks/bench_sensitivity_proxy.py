@@ -29,9 +29,10 @@ CATEGORIES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
 LAYERS = (0, 1, 8, 15, 22, 29)
 
 
-def _groups(names: list[str]) -> dict[str, list[str]]:
+def _groups(names: list[str], layers: bool) -> dict[str, list[str]]:
     g = {f"all {c}": [n for n in names if f".{c}.weight" in n] for c in CATEGORIES}
-    g.update({f"layer {i}": [n for n in names if n.startswith(f"blk.{i}.")] for i in LAYERS})
+    if layers:
+        g.update({f"layer {i}": [n for n in names if n.startswith(f"blk.{i}.")] for i in LAYERS})
     return g
 
 
@@ -50,7 +51,7 @@ def _kl(model: Path, base: Path, work: Path, threads: int, chunks: int) -> float
 
     from tests.llama_tools import llama_tool
 
-    log = work / f"kl-{model.stem}.log"
+    log = work / f"kl-{model.stem}-{chunks}.log"
     if not log.exists() or "Mean    KLD" not in log.read_text():
         _run_tool([str(llama_tool("perplexity")), "-m", str(model), "-f", str(EVAL_TEXT), "-c", "512", "-fa", "off",
                    "-t", str(threads), "--chunks", str(chunks), "--kl-divergence-base", str(base),
@@ -69,7 +70,8 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--chunks", type=int, default=4, help="eval chunks of 512 tokens")
+    ap.add_argument("--chunks", type=int, default=2, help="eval chunks of 512 tokens (default 2)")
+    ap.add_argument("--layers", action="store_true", help="also groups of whole layers (6 more variants)")
     ap.add_argument("--work", default=None)
     args = ap.parse_args()
     work = _work_dir(args.work) / "proxy"
@@ -80,16 +82,18 @@ def main() -> int:
     if not im.exists():
         compute_imatrix(f16, im, chunk_size=512, n_chunks=8, options=LoadOptions(n_threads=args.threads,
                         flash_attn="off"), use_cache=False)
-    base = work / "f16.kld"
+    base = work / f"f16-{args.chunks}.kld"
     if not base.exists():
+        tmp = work / "f16.kld.partial"
         _run_tool([str(llama_tool("perplexity")), "-m", str(f16), "-f", str(EVAL_TEXT), "-c", "512", "-fa", "off",
-                   "-t", str(args.threads), "--chunks", str(args.chunks), "--kl-divergence-base", str(base)],
+                   "-t", str(args.threads), "--chunks", str(args.chunks), "--kl-divergence-base", str(tmp)],
                   work / "base.log")
+        os.replace(tmp, base)
     costs = tensor_costs(f16, im, cache=work / "costs.json")
     q8 = _make(ckpt, work / "smollm2-Q8_0-im.gguf", None, "Q8_0", im)
     kl_q8 = _kl(q8, base, work, args.threads, args.chunks)
     rows = []
-    for label, names in _groups(sorted(costs)).items():
+    for label, names in _groups(sorted(costs), args.layers).items():
         low = {n: ("Q2_K" if "Q2_K" in costs[n].errors else "Q4_0") for n in names}
         proxy = sum(costs[n].errors[q] - costs[n].errors["Q8_0"] for n, q in low.items())
         model = _make(ckpt, work / f"smollm2-{label.replace(' ', '_')}.gguf", low, "Q8_0", im)
