@@ -70,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dist", type=Path, default=ROOT / "dist")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "pyinstaller")
+    ap.add_argument("--gpu-modules", action="store_true",
+                    help="also carry the GPU backend modules `make gpu` installed (the default bundle is CPU-only)")
     args = ap.parse_args(argv)
     cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
            "--distpath", str(args.dist), "--workpath", str(args.work), str(ROOT / "packaging" / "distilldesk.spec")]
     print("+", " ".join(cmd), flush=True)
-    rc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT))).returncode
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DISTILLDESK_BUNDLE_GPU_MODULES="1" if args.gpu_modules else "0")
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     if rc:
         print(f"PyInstaller failed with exit code {rc}", file=sys.stderr)
         return rc
