@@ -13,7 +13,7 @@ side by side with the goals of issue 10 and with llama-cpp-python measured in th
 Models: ``tests.qwen15.qwen15_gguf_path`` (F16, Q4_K_M, Q3_K_S, Q2_K; built once, ~10+ min), or ``--models DIR``
 holding ``qwen15-<TYPE>.gguf``.  Usage::
 
-    .venv/bin/python benchmarks/bench_compare.py [--threads N] [--only memory,cache,decode] [--models DIR]
+    .venv/bin/python benchmarks/bench_compare.py [--threads N] [--only memory,cache,ladder,decode] [--models DIR]
 """
 from __future__ import annotations
 
@@ -90,9 +90,16 @@ def _env(cache: Path) -> dict:
 
 def bench_memory_and_cache(m: dict[str, Path], threads: int, max_tokens: int, only: set[str], n_ctx: int,
                            chunks: int) -> None:
+    common = ["--prompt", PROMPT, "--max-tokens", str(max_tokens), "--ctx", str(n_ctx), "--threads", str(threads)]
+    if only & {"memory", "cache"}:
+        _bench_compares(m, common, only)
+    if only & {"memory", "ladder"}:
+        _bench_ladder(m, threads, chunks)
+
+
+def _bench_compares(m: dict[str, Path], common: list[str], only: set[str]) -> None:
     gb = 1e9
     f16, q4 = m["F16"].stat().st_size, m["Q4_K_M"].stat().st_size
-    common = ["--prompt", PROMPT, "--max-tokens", str(max_tokens), "--ctx", str(n_ctx), "--threads", str(threads)]
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         env = _env(Path(tmp))
         first_s, first_pss, _ = run_measured(["compare", str(m["F16"]), str(m["Q4_K_M"]), *common], env)
@@ -108,15 +115,18 @@ def bench_memory_and_cache(m: dict[str, Path], threads: int, max_tokens: int, on
         print(f"compare, first (reference computed) {first_s:.1f} s   second, another candidate (stored reference) "
               f"{second_s:.1f} s   ratio {second_s / first_s:.2f}   goal <= 0.40   "
               f"{'OK' if second_s <= 0.4 * first_s else 'MISSED'}   (second's peak PSS {second_pss / gb:.2f} GB)")
-    if "memory" in only:
-        ladder = [str(m[t]) for t in ("F16", "Q4_K_M", "Q3_K_S", "Q2_K")]
-        with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
-            wall, pss, _ = run_measured(["eval", *ladder, "--ctx", "512", "--chunks", str(chunks), "--threads",
-                                         str(threads), "--no-save"], _env(Path(tmp)))
-        sizes = " + ".join(f"{Path(p).stat().st_size / gb:.2f}" for p in ladder)
-        ok = f"{'OK' if pss <= f16 + 0.5e9 else 'MISSED'}   (peak RSS {PEAK_RSS[0] / gb:.2f} GB)"
-        print(f"eval ladder F16 -> Q4_K_M, Q3_K_S, Q2_K ({chunks} chunk(s) x 512)   files {sizes} GB   "
-              f"peak PSS {pss / gb:.2f} GB   goal <= {(f16 + 0.5e9) / gb:.2f} GB   {ok}   ({wall:.0f} s)")
+
+
+def _bench_ladder(m: dict[str, Path], threads: int, chunks: int) -> None:
+    gb, f16 = 1e9, m["F16"].stat().st_size
+    ladder = [str(m[t]) for t in ("F16", "Q4_K_M", "Q3_K_S", "Q2_K")]
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+        wall, pss, _ = run_measured(["eval", *ladder, "--ctx", "512", "--chunks", str(chunks), "--threads",
+                                     str(threads), "--no-save"], _env(Path(tmp)))
+    sizes = " + ".join(f"{Path(p).stat().st_size / gb:.2f}" for p in ladder)
+    ok = f"{'OK' if pss <= f16 + 0.5e9 else 'MISSED'}   (peak RSS {PEAK_RSS[0] / gb:.2f} GB)"
+    print(f"eval ladder F16 -> Q4_K_M, Q3_K_S, Q2_K ({chunks} chunk(s) x 512)   files {sizes} GB   "
+          f"peak PSS {pss / gb:.2f} GB   goal <= {(f16 + 0.5e9) / gb:.2f} GB   {ok}   ({wall:.0f} s)")
 
 
 def _decode_ours(path: Path, prompt: list[int], n_ctx: int, threads: int, n: int) -> float:
@@ -181,10 +191,10 @@ def main() -> int:
                          "prompt alone takes many minutes)")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    m = _models(a.models) if only & {"memory", "cache"} or not a.decode_model else {}
+    m = _models(a.models) if only & {"memory", "cache", "ladder"} or not a.decode_model else {}
     where = m["F16"].parent if m else a.decode_model
     print(f"# bench_compare: {os.cpu_count()} CPUs, {a.threads} threads; models {where}")
-    if only & {"memory", "cache"}:
+    if only & {"memory", "cache", "ladder"}:
         bench_memory_and_cache(m, a.threads, a.max_tokens, only, a.ctx, a.chunks)
     if "decode" in only:
         bench_decode(Path(a.decode_model) if a.decode_model else m["Q4_K_M"], a.threads, a.decode_tokens)

@@ -335,7 +335,7 @@ def _reference_phase(path: Path, options: LoadOptions, n_ctx: int, prompt_tokens
         with store.writing(key, meta) as folder, LogitSource(eng.llama) as src:
             with open(folder / "rows.f32", "wb") as fh:
                 for i0, r in src.rows(seq, first, cancel=cancel):
-                    fh.write(np.ascontiguousarray(r, dtype="<f4").tobytes())
+                    fh.write(memoryview(np.ascontiguousarray(r, dtype="<f4")))     # no copy of the batch
                     report("reference distributions", i0 + len(r) - first, len(answer))
             _check_cancel(cancel)               # asked for while the last rows were written: store nothing
             meta.update(text=reply.text, tokens=list(reply.tokens), finish=reply.finish_reason, answer=answer,

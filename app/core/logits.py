@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # ---- teacher-forced logits ----------------------------------------------------------------------------------
 # Rows of logits held at once per model: n_batch, but at most this many floats (so a 152k vocabulary gets
-# 256-row batches: 150 MB, instead of 512: 300 MB).
-MAX_BATCH_FLOATS = 1 << 26
+# 128-row batches: 78 MB in llama.cpp's output buffer and as much in its graph, instead of 512: 311 MB each).
+MAX_BATCH_FLOATS = 1 << 25
 
 
 class LogitSource:

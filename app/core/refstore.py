@@ -185,7 +185,11 @@ class BaseWriter:
         fh.write(np.asarray(tokens[:n_chunk * n_ctx], dtype="<i4").tobytes())
 
     def write_rows(self, logits: np.ndarray) -> None:
-        self._fh.write(encode_rows(logits).astype("<u2").tobytes())
+        """Encode and append rows, 32 at a time (no copy of a whole batch: the reference's phase is the one
+        whose memory peak counts)."""
+        for a in range(0, len(logits), 32):
+            block = encode_rows(logits[a:a + 32])
+            self._fh.write(memoryview(block if block.dtype.byteorder in "=<|" else block.astype("<u2")))
 
 
 # ---- the store ------------------------------------------------------------------------------------------------
