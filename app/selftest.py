@@ -149,7 +149,9 @@ def _step_tiny_model() -> str:
             (folder / f).write_bytes((tok / f).read_bytes())
         save_file({k: v.astype(np.float16) for k, v in w.items()}, str(folder / "model.safetensors"))
         res = quantizer.convert(folder, Path(tmp) / "tiny-Q8_0.gguf", "Q8_0", threads=1)
-        return f"{res.n_bytes / 1e6:.1f} MB Q8_0 by our quantizer; " + _generate(res.path)
+        from app.core.units import format_size
+
+        return f"{format_size(res.n_bytes)} Q8_0 by our quantizer; " + _generate(res.path)
 
 
 def run_self_test(model: str | None = None) -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DeviceError, EngineSettingError, GpuUnavailableError, WorkerUnreachableError
+from .units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,9 @@ class Device:
         return self.endpoint is not None
 
     def label(self) -> str:
-        """"Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits)), 23.4 GiB" -- for Settings, status bar and --self-test."""
+        """"Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits)), 25.2 GB" -- for Settings, status bar and --self-test."""
         what = f"remote worker {self.endpoint}" if self.remote else self.description
-        mem = f", {self.memory_total / 2**30:.1f} GiB" if self.memory_total else ""
+        mem = f", {format_size(self.memory_total)}" if self.memory_total else ""
         return f"{self.name} ({what}){mem}"
 
 
@@ -457,19 +458,21 @@ def release(load_plan: LoadPlan) -> None:
 @dataclass
 class LoadReport:
     """``layers``: (offloaded, total) from llama.cpp's "offloaded N/M layers to GPU"; ``buffers``: model buffer
-    name ("Vulkan0", "CPU_Mapped", "RPC0[host:port]") -> MiB."""
+    name ("Vulkan0", "CPU_Mapped", "RPC0[host:port]") -> bytes."""
 
     layers: tuple[int, int] | None = None
     buffers: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        parts = [f"{n} {mib:.0f} MiB" for n, mib in self.buffers.items()]
+        parts = [f"{n} {format_size(size)}" for n, size in self.buffers.items()]
         head = f"{self.layers[0]}/{self.layers[1]} layers offloaded" if self.layers else "no layers offloaded"
         return head + (f" ({', '.join(parts)})" if parts else "")
 
 
 _LAYERS_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_BUFFER_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+# llama.cpp reports buffer sizes in binary units ("model buffer size = 92.48" then "M", "iB"); shown in ours.
+_BUFFER_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) ([KMG])iB")
+_BINARY = {"K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024}
 
 
 @contextlib.contextmanager
@@ -485,7 +488,7 @@ def capture_load_report() -> Iterator[LoadReport]:
         if m := _LAYERS_RE.search(msg):
             report.layers = (int(m.group(1)), int(m.group(2)))
         elif m := _BUFFER_RE.search(msg):
-            report.buffers[m.group(1)] = float(m.group(2))
+            report.buffers[m.group(1)] = float(m.group(2)) * _BINARY[m.group(3)]
         return record.levelno >= before
 
     old_level = logger.level

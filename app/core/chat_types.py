@@ -152,7 +152,7 @@ class ModelInfo:
     chat_template: str | None
     n_ctx: int                     # context of this load
     backend: str
-    offload: str = ""              # e.g. "31/31 layers offloaded (Vulkan0 92 MiB, CPU_Mapped 29 MiB)"; "" on CPU
+    offload: str = ""              # e.g. "31/31 layers offloaded (Vulkan0 97.0 MB, CPU_Mapped 30.4 MB)"; "" on CPU
     workers: tuple[str, ...] = ()  # host:port of the remote RPC workers the model runs on
 
 

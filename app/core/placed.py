@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .units import format_size
+
 log = logging.getLogger(__name__)
 
 PLACED_RECIPES = {"Q2_K_D": "Q2_K", "Q3_K_D": "Q3_K_M", "Q4_K_D": "Q4_K_M", "Q5_K_D": "Q5_K_M"}
@@ -36,7 +38,7 @@ class PlacedPlan:
 
     def summary(self) -> str:
         return (f"{self.recipe}: {self.base_recipe}'s tensors outside the blocks; block tensors placed by measured "
-                f"sensitivity; predicted tensor data {self.n_bytes / 2**20:.1f} MiB\n" + self.placement.summary())
+                f"sensitivity; predicted tensor data {format_size(self.n_bytes)}\n" + self.placement.summary())
 
 
 def placed_plan(src: str | os.PathLike[str], recipe: str, *, reference: str | os.PathLike[str],

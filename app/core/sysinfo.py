@@ -8,7 +8,7 @@ __all__ = ["cap_threads", "default_threads", "physical_cores", "rss_bytes", "usa
 
 
 def rss_bytes() -> int:
-    """Resident memory of this process now (not the peak: ``ru_maxrss`` is the peak, and in KiB or bytes
+    """Resident memory of this process now (not the peak: ``ru_maxrss`` is the peak, and in kibibytes or bytes
     depending on the OS)."""
     import psutil
 

@@ -22,7 +22,7 @@ def test_settings_shows_the_gpu_and_the_status_bar_the_offload(window, library_m
     device = require_vulkan()
     dlg = _settings_dialog(window)
     devices = dlg.findChild(QLabel, "devicesLabel")
-    assert device.name in devices.text() and "GiB" in devices.text() and "CPU" in devices.text()
+    assert device.name in devices.text() and " GB" in devices.text() and "CPU" in devices.text()
     layers = dlg.gpu_layers
     assert isinstance(layers, QSpinBox) and layers.isEnabled()
     layers.setFocus()
