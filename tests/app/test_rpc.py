@@ -94,7 +94,7 @@ def test_model_split_across_two_workers_matches_the_cpu(workers, smollm2_gguf, r
     assert split.backend == "RPC"
     assert split.report.layers == (31, 31)
     on_workers = {k: v for k, v in split.report.buffers.items() if k.startswith("RPC")}
-    assert len(on_workers) == 2 and all(v > 10 for v in on_workers.values()), split.report.buffers
+    assert len(on_workers) == 2 and all(v > 10e6 for v in on_workers.values()), split.report.buffers
     assert_matches_cpu(cpu, split)
     if recipe == "Q8_0":
         assert logit_gap(cpu.logits, split.logits)[1] < 1e-4, "a worker runs the same CPU kernels for Q8_0"
