@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import backends
 from . import ggml_tensor as gt
 from .errors import CalibrationTextError, ImatrixCancelled, ImatrixError, ModelLoadError
 from .load_options import LoadOptions
@@ -215,11 +216,18 @@ class _Model:
         install_llama_log_handler()
         clear_recent_problems()
         llama_cpp.llama_backend_init()
-        mp = llama_cpp.llama_model_default_params()
-        mp.n_gpu_layers = options.n_gpu_layers
-        mp.use_mmap = options.use_mmap
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
+        # The devices this load may use, as every Engine load: without an explicit list llama.cpp would take
+        # every registered device, and run large batches on a GPU module's device through its op offload even
+        # with no layer offloaded (the sums then differ from a CPU run's).  The list is set through the wrapped
+        # llama_cpp.llama_cpp.llama_model_default_params (see backends.model_devices).
+        self._plan = backends.plan(options)
+        with backends.model_devices(self._plan):
+            mp = llama_cpp.llama_cpp.llama_model_default_params()
+            mp.n_gpu_layers = options.n_gpu_layers
+            mp.use_mmap = options.use_mmap
+            self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
+            backends.release(self._plan)
             raise ModelLoadError(f"llama.cpp could not load {path.name}: "
                                  f"{load_failure_reason('not a model it can read')}; pass an F16, BF16 or Q8_0 "
                                  f"GGUF of the model")
@@ -237,6 +245,7 @@ class _Model:
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
+            backends.release(self._plan)
             raise ModelLoadError(f"llama.cpp could not make a context for {path.name}: "
                                  f"{load_failure_reason('out of memory?')}; lower the chunk size")
         self._abort = llama_cpp.ggml_abort_callback(lambda _: bool(cancel is not None and cancel.is_set()))
@@ -284,6 +293,7 @@ class _Model:
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
+        backends.release(self._plan)
 
 
 def collect(model: str | os.PathLike[str], text: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
