@@ -300,14 +300,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         job = Job(run_in_process, "app.core.placed:plan_for_checkpoint", *args, registry=self._registry,
                   name="placement", **kwargs) if IN_PROCESS else \
             Job(plan_for_checkpoint, *args, registry=self._registry, name="placement", **kwargs)
-        job.progress.connect(self._on_progress)
-        job.done.connect(self._on_planned)
-        job.failed.connect(self._on_failed)
-        job.cancelled.connect(self._on_cancelled)
-        job.finished.connect(self._on_finished)
-        self._job = job.start()
-        self.table.setEnabled(False)
-        self.start_button.setEnabled(False)
+        self._start(job, self._on_planned)
         self.place_button.setEnabled(False)
         self.cancel_button.setText("Cancel planning")
         self.tensor_label.setText(f"Planning {PLACED_FOR[recipe]}: reference GGUF, importance matrix, per-tensor "
@@ -363,14 +356,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         else:
             job = Job(fn, self.group.checkpoint.path, out, recipe, registry=self._registry,
                       name="quantize", **kwargs)
-        job.progress.connect(self._on_progress)
-        job.done.connect(self._on_done)
-        job.failed.connect(self._on_failed)
-        job.cancelled.connect(self._on_cancelled)
-        job.finished.connect(self._on_finished)
-        self._job = job.start()
-        self.table.setEnabled(False)
-        self.start_button.setEnabled(False)
+        self._start(job, self._on_done)
         self.cancel_button.setText("Cancel quantizing")  # not "Close": the button stops the job
         self.tensor_label.setText(f"Quantizing to {placed.recipe if placed else recipe}…")
         self.out_label.setText(str(out))
@@ -399,6 +385,18 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
             self.tensor_label.setText("Cancelling… (no partial file is left behind)")
         else:
             self.reject()
+
+    def _start(self, job, on_done) -> None:
+        """Wire a planning or quantize job to the dialog and start it; the recipe table and Start are locked
+        while it runs."""
+        job.progress.connect(self._on_progress)
+        job.done.connect(on_done)
+        job.failed.connect(self._on_failed)
+        job.cancelled.connect(self._on_cancelled)
+        job.finished.connect(self._on_finished)
+        self._job = job.start()
+        self.table.setEnabled(False)
+        self.start_button.setEnabled(False)
 
     def _on_progress(self, p: Any) -> None:
         recipe = self.selected_recipe()
