@@ -111,7 +111,7 @@ def test_delete_asks_first(window, library_models, qtbot):
     with Answers(["Cancel"]) as seen:
         click(lib.buttons["delete"])
     assert q4.exists() and str(q4) in seen[0].text and "cannot be undone" in seen[0].text
-    with Answers([f"Delete {q4.name}"]), qtbot.waitSignal(lib.refreshed, timeout=10000):
+    with Answers([f"Delete {q4.name}"]), qtbot.waitSignal(lib.refreshed, timeout=60000):
         click(lib.buttons["delete"])
     assert not q4.exists() and q8.exists()
     assert [e.file_type for e in lib.group("SmolLM2-135M-Instruct").ggufs] == ["Q8_0"]
