@@ -4,6 +4,7 @@ system prompt added mid-conversation, Regenerate's state, the status bar after U
 the reasoning panel for a model that does not reason (issues 14 and 15)."""
 from __future__ import annotations
 
+import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -30,9 +31,24 @@ def click_conversation(qtbot, chat, title: str) -> None:
     qtbot.mouseClick(lst.viewport(), LEFT, pos=lst.visualItemRect(item).center())
 
 
+_TEST_GENERATION = [0]
+
+
+@pytest.fixture(autouse=True)
+def _no_poll_outlives_its_test():
+    """A poll of answer_dialog still waiting when its test ends must not answer a later test's dialog."""
+    yield
+    _TEST_GENERATION[0] += 1
+
+
 def answer_dialog(qtbot, button_text: str, seen: list) -> None:
-    """Click ``button_text`` in the next modal message box (as soon as it opens), recording its text."""
+    """Click ``button_text`` in the next modal message box (as soon as it opens, within this test), recording
+    its text."""
+    generation = _TEST_GENERATION[0]
+
     def poll() -> None:
+        if _TEST_GENERATION[0] != generation:
+            return
         box = QApplication.activeModalWidget()
         if isinstance(box, QMessageBox):
             seen.append(box.text())
