@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.commands import _args as A
+
+from .device_flags import add_device_flags, device_fields
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -26,8 +30,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=4, metavar="N", help="sequences decoded at once (default 4)")
     p.add_argument("--penalty", type=float, default=None, metavar="B",
                    help="overthinking penalty: logit bias taken off hesitation markers (default: the set's, 0)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: llama.cpp's)")
-    p.add_argument("--gpu-layers", type=int, default=0, metavar="N", help="layers to offload to the GPU")
+    p.add_argument("--threads", type=A.threads, default=None, metavar="N",
+                   help="CPU threads: a number or 'auto' (default: the physical cores)")
+    add_device_flags(p)
     p.add_argument("--new", action="store_true", help="start a new run even if an identical one is unfinished")
     p.add_argument("--show-judge-prompt", action="store_true", help="print the judge's prompt template and exit")
     fmt = p.add_mutually_exclusive_group()
@@ -57,9 +62,10 @@ def _progress(p: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.core.load_options import LoadOptions
     from app.core.probes.judge import JUDGE_PROMPT
     from app.core.probes.probeset import load_probe_set
-    from app.core.probes.runner import LoadSettings, ProbeRun
+    from app.core.probes.runner import ProbeRun
     from app.core.probes.summary import results_to_csv, results_to_json, summarize, summary_table
 
     if args.show_judge_prompt:
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.samples is not None:
         pset = pset.with_samples(args.samples)
     run_ = ProbeRun(pset, args.models, judge=args.judge, parallel=args.parallel, penalty=args.penalty,
-                    load=LoadSettings(n_threads=args.threads, n_gpu_layers=args.gpu_layers))
+                    load=LoadOptions(n_threads=args.threads, **device_fields(args)))
     rid = run_.start(resume=not args.new)
     if run_.resumed:
         print(f"resuming probe run {rid}: {run_.resumed} of {run_.total()} probes already done", file=sys.stderr)

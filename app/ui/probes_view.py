@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
 from app.core.probes import builtin_sets
 from app.core.probes.judge import JUDGE_PROMPT
 from app.core.probes.probeset import ProbeSet, load_probe_set
-from app.core.probes.runner import LoadSettings, ProbeProgress, ProbeRun
+from app.core.probes.runner import ProbeProgress, ProbeRun
 from app.core.probes.store import ProbeResult, ProbeStore
 from app.core.probes.summary import results_to_csv, results_to_json, summarize, summary_table
 
@@ -270,9 +270,7 @@ class ProbesView(SingleJobView, QWidget):
         s = self._set.with_samples(self.samples.value())
         s = dataclasses.replace(s, sampling=dataclasses.replace(s.sampling, max_tokens=self.max_tokens.value()))
         settings = self._settings()
-        options = settings.load_options() if hasattr(settings, "load_options") else None
-        load = LoadSettings(n_threads=settings.effective_threads(), n_gpu_layers=settings.gpu_layers,
-                            options=options)
+        load = settings.load_options()
         if self._store is None:
             self._store = ProbeStore()
         return ProbeRun(s, self.checked_models(), judge=self.judge.currentData() or None, store=self._store,

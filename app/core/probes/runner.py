@@ -9,7 +9,6 @@ and skipped.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..chat_types import SamplingSettings
 from ..errors import ProbeRunError
+from ..load_options import LoadOptions
 from .decoder import BatchDecoder, Decoded, DecodeJob
 from .heuristics import answer_in_reasoning, detect_refusal, extract_answer, same_number
 from .judge import Judge
@@ -45,24 +45,10 @@ class ProbeProgress:
     result: ProbeResult | None = None
 
 
-@dataclass(frozen=True)
-class LoadSettings:
-    """How models are loaded for a run (the subset of app.core.load_options.LoadOptions used here)."""
-
-    n_threads: int | None = None
-    n_gpu_layers: int = 0
-    options: Any = None          # an app.core.load_options.LoadOptions, passed on when the Engine takes it
-
-
-def load_engine(path: str | Path, load: LoadSettings, *, n_ctx: int = 512) -> Any:
+def load_engine(path: str | Path, load: LoadOptions, *, n_ctx: int = 512) -> Any:
     from ..engine import Engine
 
-    if load.options is not None and "options" in inspect.signature(Engine).parameters:
-        return Engine(path, n_ctx=n_ctx, options=load.options)
-    opts = load.options
-    threads = load.n_threads if opts is None else opts.n_threads
-    layers = load.n_gpu_layers if opts is None else opts.n_gpu_layers
-    return Engine(path, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=layers)
+    return Engine(path, n_ctx=n_ctx, options=load)
 
 
 def score_probe(model: str, probe: Probe, d: Decoded) -> ProbeResult:
@@ -88,7 +74,7 @@ class ProbeRun:
     """
 
     def __init__(self, probe_set: ProbeSet, models: list[str | Path], *, judge: str | Path | None = None,
-                 store: ProbeStore | None = None, parallel: int = DEFAULT_PARALLEL, load: LoadSettings | None = None,
+                 store: ProbeStore | None = None, parallel: int = DEFAULT_PARALLEL, load: LoadOptions | None = None,
                  penalty: float | None = None) -> None:
         if not models:
             raise ProbeRunError("a probe run needs at least one model: name one or more GGUF files")
@@ -100,7 +86,7 @@ class ProbeRun:
         self.judge = str(Path(judge).resolve()) if judge else None
         self.store = store or ProbeStore()
         self.parallel = parallel
-        self.load = load or LoadSettings()
+        self.load = load or LoadOptions()
         self.settings: SamplingSettings = probe_set.sampling if penalty is None else replace(
             probe_set.sampling, overthinking_penalty=float(penalty))
         self.run_id: int | None = None
@@ -174,8 +160,7 @@ class ProbeRun:
             engine.close()
 
     def _threads(self) -> int | None:
-        opts = self.load.options
-        return opts.n_threads if opts is not None else self.load.n_threads
+        return self.load.n_threads
 
     def _run_judge(self, report: Callable[[ProbeProgress], None], cancel: threading.Event | None) -> bool:
         rid = self.run_id
