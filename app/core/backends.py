@@ -306,16 +306,24 @@ def set_worker_loss_hook(hook: Callable[[list[str], str], None] | None) -> None:
     _state.loss_hook = hook
 
 
-def lost_workers() -> list[str]:
-    """The workers in use whose endpoint no longer accepts connections."""
-    lost = []
-    for endpoint in list(_state.in_use) or list(_state.workers):
-        host, port = parse_endpoint(endpoint)
-        try:
-            socket.create_connection((host, port), timeout=2.0).close()
-        except OSError:
-            lost.append(endpoint)
-    return lost
+def lost_workers(*, settle_s: float = 2.0) -> list[str]:
+    """The workers in use whose endpoint no longer accepts connections.  A broken connection can be seen before
+    the dead worker's listening socket is closed (its process is still being torn down), so when every endpoint
+    still answers they are probed again for up to ``settle_s`` seconds."""
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        lost = []
+        for endpoint in list(_state.in_use) or list(_state.workers):
+            host, port = parse_endpoint(endpoint)
+            try:
+                socket.create_connection((host, port), timeout=2.0).close()
+            except OSError:
+                lost.append(endpoint)
+        if lost or time.monotonic() >= deadline:
+            return lost
+        time.sleep(0.1)
 
 
 def _on_ggml_abort(message: bytes | None) -> None:
