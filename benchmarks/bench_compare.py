@@ -129,40 +129,38 @@ def _bench_ladder(m: dict[str, Path], threads: int, chunks: int) -> None:
           f"peak PSS {pss / gb:.2f} GB   goal <= {(f16 + 0.5e9) / gb:.2f} GB   {ok}   ({wall:.0f} s)")
 
 
-def _decode_ours(path: Path, prompt: list[int], n_ctx: int, threads: int, n: int) -> float:
+def _decode_ours(eng, prompt: list[int], n: int) -> float:
     from app.core.chat_types import SamplingSettings
+
+    reply = eng.complete(prompt, settings=SamplingSettings(greedy=True, max_tokens=n, seed=0))
+    if eng.flash_attn != "off" or reply.stats.generated_tokens < n // 2:
+        raise SystemExit(f"unexpected run: {eng.flash_attn}, {reply.stats.generated_tokens} tokens")
+    return reply.stats.decode_tokens_per_s
+
+
+def _decode_anchor(llm, prompt: list[int], n: int) -> float:
+    t_first, count = None, 0
+    for _tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        count += 1
+        if t_first is None:
+            t_first = time.perf_counter()
+        if count >= n:
+            break
+    return (count - 1) / (time.perf_counter() - t_first)
+
+
+def bench_decode(path: Path, threads: int, n: int, rounds: int) -> None:
+    """Both loaded side by side with the same settings, the long prompt evaluated once in each (later rounds
+    take it from the KV cache: llama-cpp-python's prefix match, which ours goes through too); then ``rounds``
+    alternating decode runs, ours then the anchor, and the median of each.  One 48-token run of each was too
+    noisy to judge a 3 % goal (it said 0.924 at 4k and 1.009 at 8k)."""
+    import statistics
+
+    import llama_cpp
+
     from app.core.engine import Engine
-    from app.core.load_options import LoadOptions
-
-    with Engine(path, n_ctx=n_ctx, options=LoadOptions(n_threads=threads, flash_attn="off")) as eng:
-        reply = eng.complete(prompt, settings=SamplingSettings(greedy=True, max_tokens=n, seed=0))
-        if eng.flash_attn != "off" or reply.stats.generated_tokens < n // 2:
-            raise SystemExit(f"unexpected run: {eng.flash_attn}, {reply.stats.generated_tokens} tokens")
-        return reply.stats.decode_tokens_per_s
-
-
-def _decode_anchor(path: Path, prompt: list[int], n_ctx: int, threads: int, n: int) -> float:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, flash_attn=False,
-                          type_k=llama_cpp.GGML_TYPE_F16, type_v=llama_cpp.GGML_TYPE_F16, verbose=False)
-    try:
-        t_first, count = None, 0
-        for _tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-            count += 1
-            if t_first is None:
-                t_first = time.perf_counter()
-            if count >= n:
-                break
-        return (count - 1) / (time.perf_counter() - t_first)
-    finally:
-        llm.close()
-
-
-def bench_decode(path: Path, threads: int, n: int) -> None:
-    import llama_cpp
-
     from app.core.evaluate import load_text
+    from app.core.load_options import LoadOptions
 
     tok = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     text = load_text(None)[0]
@@ -170,18 +168,33 @@ def bench_decode(path: Path, threads: int, n: int) -> None:
     for ctx in (4096, 8192):
         want = ctx - n - 64
         prompt = (base * (want // len(base) + 1))[:want]
-        ours = _decode_ours(path, prompt, ctx, threads, n)
-        anchor = _decode_anchor(path, prompt, ctx, threads, n)
+        ours_s, anchor_s = [], []
+        with Engine(path, n_ctx=ctx, options=LoadOptions(n_threads=threads, flash_attn="off")) as eng:
+            llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
+                                  flash_attn=False, type_k=llama_cpp.GGML_TYPE_F16, type_v=llama_cpp.GGML_TYPE_F16,
+                                  verbose=False)
+            try:
+                _decode_ours(eng, prompt, 2)            # the prompt evaluated once in each
+                _decode_anchor(llm, prompt, 2)
+                for _ in range(rounds):
+                    ours_s.append(_decode_ours(eng, prompt, n))
+                    anchor_s.append(_decode_anchor(llm, prompt, n))
+            finally:
+                llm.close()
+        ours, anchor = statistics.median(ours_s), statistics.median(anchor_s)
+        runs = " ".join(f"{o:.2f}/{a:.2f}" for o, a in zip(ours_s, anchor_s))
         print(f"decode after {len(prompt)} tokens (n_ctx {ctx}, {path.name}, flash attention off, f16 KV, "
-              f"{threads} threads)   ours {ours:.2f} tok/s   llama-cpp-python {anchor:.2f} tok/s   ratio "
-              f"{ours / anchor:.3f}   goal >= 0.97   {'OK' if ours >= 0.97 * anchor else 'MISSED'}")
+              f"{threads} threads, median of {rounds} alternating runs of {n} tokens)   ours {ours:.2f} tok/s   "
+              f"llama-cpp-python {anchor:.2f} tok/s   ratio {ours / anchor:.3f}   goal >= 0.97   "
+              f"{'OK' if ours >= 0.97 * anchor else 'MISSED'}   (runs ours/anchor: {runs})")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--max-tokens", type=int, default=160, help="answer length of the compare runs")
-    ap.add_argument("--decode-tokens", type=int, default=48)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating decode runs of each (median reported)")
     ap.add_argument("--only", default="memory,cache,decode")
     ap.add_argument("--models", default=None, help="folder with qwen15-<TYPE>.gguf (default: tests.qwen15)")
     ap.add_argument("--ctx", type=int, default=2048, help="context of the compare runs")
@@ -197,7 +210,7 @@ def main() -> int:
     if only & {"memory", "cache", "ladder"}:
         bench_memory_and_cache(m, a.threads, a.max_tokens, only, a.ctx, a.chunks)
     if "decode" in only:
-        bench_decode(Path(a.decode_model) if a.decode_model else m["Q4_K_M"], a.threads, a.decode_tokens)
+        bench_decode(Path(a.decode_model) if a.decode_model else m["Q4_K_M"], a.threads, a.decode_tokens, a.rounds)
     return 0
 
 
