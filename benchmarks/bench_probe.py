@@ -90,8 +90,8 @@ def bench(name: str, path: Path, args: argparse.Namespace) -> None:
     rows = anchor(path, n_prompt, args.max_tokens, args.threads, fa)
     for b in (1, 2, 4, 8):
         r = rows[b]
-        print(f"{name:<18} llama-batched-bench B={b}  (-npp {n_prompt} -ntg {args.max_tokens} -t {args.threads} -fa {fa}):"
-              f" decode {r['S_TG']:6.1f} tok/s, all {r['S']:6.1f} tok/s, x{r['S'] / rows[1]['S']:.2f} vs B=1",
+        print(f"{name:<18} llama-batched-bench B={b}  (-npp {n_prompt} -ntg {args.max_tokens} -t {args.threads} "
+              f"-fa {fa}): decode {r['S_TG']:6.1f} tok/s, all {r['S']:6.1f} tok/s, x{r['S'] / rows[1]['S']:.2f} vs B=1",
               flush=True)
     print(f"{name:<18} compute ceiling (llama.cpp's prompt rate {rows[1]['S_PP']:.1f} tok/s over its one-sequence "
           f"decode {rows[1]['S_TG']:.1f} tok/s): x{rows[1]['S_PP'] / rows[1]['S_TG']:.2f} at any number of sequences",
