@@ -13,8 +13,12 @@ model itself:
   ``benchmarks/bench_quality.py`` shows how it tracks the KL divergence measured by llama-perplexity.
 * **Placement** (:func:`place`): minimise the summed cost subject to the byte budget (the base recipe's size, or
   a number of bytes) with a Lagrange multiplier found by bisection (each tensor picks the type minimising
-  ``cost + lambda * bytes``), then spend what is left on the best remaining upgrades.  Tensors outside the blocks
-  (token embedding, output) keep the base recipe's type.
+  ``cost + lambda * bytes``), then spend what is left on the best remaining upgrades.
+* **Weights** (``place(..., weights=)``): a unit of relative error does not cost the same KL everywhere (an
+  attn_q's error moves the output far less than an ffn_down's in the last layers).  ``app.core.sensitivity_kl``
+  measures the KL of each tensor group by simulated quantization on the model and passes KL per unit of error
+  per tensor; the sum minimised is then a predicted KL.  It also prices the output matrix and token embedding
+  by their measured KL directly, so they are placed too; without weights they keep the base recipe's type.
 
 The result is an ordinary GGUF of standard types that stock llama.cpp loads; :meth:`Placement.summary` says which
 tensors got which type and why.  Imports numpy, gguf and kernels only (never llama_cpp).
@@ -128,14 +132,15 @@ class Placement:
     predicted: float  # summed relative output error of the placement
     predicted_base: float  # ... of the base recipe's types
     costs: dict[str, TensorCost] = field(repr=False, default_factory=dict)
+    unit: str = "output error"  # what predicted counts: summed relative "output error", or measured-scale "KL"
 
     def summary(self, top: int = 12) -> str:
         """Which tensors got which type and why (the plan shown before quantizing)."""
         counts: dict[str, int] = {}
         for q in self.types.values():
             counts[q] = counts.get(q, 0) + 1
-        lines = [f"sensitivity placement: {len(self.types)} block tensors in {self.used / 2**20:.1f} MiB "
-                 f"(budget {self.budget / 2**20:.1f} MiB); predicted output error {self.predicted:.4f} vs "
+        lines = [f"sensitivity placement: {len(self.types)} tensors in {self.used / 2**20:.1f} MiB "
+                 f"(budget {self.budget / 2**20:.1f} MiB); predicted {self.unit} {self.predicted:.4f} vs "
                  f"{self.predicted_base:.4f} with the base recipe's types",
                  "  types: " + ", ".join(f"{q} x{n}" for q, n in sorted(counts.items()))]
         by_group: dict[str, dict[str, int]] = {}
@@ -149,8 +154,8 @@ class Placement:
         lines.append(f"  {len(changed)} tensors differ from the base recipe; largest effects:")
         for n in changed[:top]:
             c, b, q = self.costs[n], self.base_types[n], self.types[n]
-            lines.append(f"    {n:<28} {b} -> {q}: error {c.errors.get(b, float('nan')):.4f} -> "
-                         f"{c.errors[q]:.4f}, {(c.bytes_at(q) - c.bytes_at(b)) / 2**10:+.0f} KiB")
+            lines.append(f"    {n:<28} {b} -> {q}: {self.unit} {c.errors.get(b, float('nan')):.5f} -> "
+                         f"{c.errors[q]:.5f}, {(c.bytes_at(q) - c.bytes_at(b)) / 2**10:+.0f} KiB")
         return "\n".join(lines)
 
     def _gain(self, n: str) -> float:
@@ -170,9 +175,28 @@ def _used(costs: dict[str, TensorCost], types: dict[str, str]) -> int:
     return sum(_padded(costs[n].bytes_at(q)) for n, q in types.items())
 
 
-def place(costs: dict[str, TensorCost], base_types: dict[str, str], budget: int) -> Placement:
+def weighted(costs: dict[str, TensorCost], weights: dict[str, float]) -> dict[str, TensorCost]:
+    """``costs`` with every tensor's errors multiplied by its weight (tensors without one are left out)."""
+    return {n: TensorCost(n, c.shape, {q: e * weights[n] for q, e in c.errors.items()})
+            for n, c in costs.items() if n in weights}
+
+
+def place(costs: dict[str, TensorCost], base_types: dict[str, str], budget: int,
+          weights: dict[str, float] | None = None) -> Placement:
     """Types for the tensors in ``costs`` with at most ``budget`` bytes (padded as in the file) and the least
-    summed relative error.  ``base_types``: the base recipe's type of each (for the comparison and summary)."""
+    summed relative error.  ``base_types``: the base recipe's type of each (for the comparison and summary).
+
+    ``weights``: a factor per tensor, the measured KL divergence per unit of its relative error (the scales of
+    ``app.core.sensitivity_kl``); the sum minimised is then a predicted KL, and the placement's figures are in KL.
+    """
+    if weights is not None:
+        missing = sorted(set(costs) - set(weights))
+        if missing:
+            raise ValueError(f"no measured weight for {len(missing)} tensors ({missing[0]} ...); measure again")
+        bad = [n for n in costs if not (np.isfinite(weights[n]) and weights[n] >= 0)]
+        if bad:
+            raise ValueError(f"the measured weight of {bad[0]} is {weights[bad[0]]}; measure again")
+        costs = weighted(costs, weights)
     lo, hi = 0.0, 1.0
     while _used(costs, _choose(costs, hi)) > budget and hi < 1e6:  # a lambda that fits the budget
         hi *= 4
@@ -189,7 +213,8 @@ def place(costs: dict[str, TensorCost], base_types: dict[str, str], budget: int)
     types = _top_up(costs, types, budget)
     total = sum(c.errors[types[n]] for n, c in costs.items())
     base = sum(c.errors.get(base_types[n], np.nan) for n, c in costs.items())
-    return Placement(types, dict(base_types), budget, _used(costs, types), total, base, costs)
+    return Placement(types, dict(base_types), budget, _used(costs, types), total, base, costs,
+                     "KL" if weights is not None else "output error")
 
 
 def _top_up(costs: dict[str, TensorCost], types: dict[str, str], budget: int) -> dict[str, str]:
