@@ -130,3 +130,7 @@ class CalibrationTextError(ImatrixError, ValueError):
 
 class ImatrixCancelled(ImatrixError):
     """The user cancelled the importance-matrix run (no file is left behind)."""
+
+
+class SensitivityCancelled(ImatrixCancelled):
+    """The user cancelled the measured-sensitivity run of a *_D recipe (nothing is cached)."""

@@ -22,6 +22,7 @@ GGML_MAX_NAME = 64
 GGML_TYPE_F32 = 0
 GGML_OP_MUL_MAT = 29  # enum ggml_op; checked against ggml_op_name() by self_check
 GGML_OP_MUL_MAT_ID = 30
+GGML_OP_GET_ROWS = 40
 
 
 class GgmlTensor(ctypes.Structure):
@@ -63,6 +64,8 @@ def ggml_base() -> ctypes.CDLL:
     for name, args, res in [
         ("ggml_nbytes", [p], ctypes.c_size_t),
         ("ggml_backend_tensor_get", [p, p, ctypes.c_size_t, ctypes.c_size_t], None),
+        ("ggml_backend_tensor_set", [p, p, ctypes.c_size_t, ctypes.c_size_t], None),
+        ("ggml_is_contiguous", [p], ctypes.c_bool),
         ("ggml_backend_buffer_is_host", [p], ctypes.c_bool),
         ("ggml_op_name", [ctypes.c_int], ctypes.c_char_p),
         ("ggml_tensor_overhead", [], ctypes.c_size_t),
@@ -106,6 +109,20 @@ def read_i32(address: int) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(raw.view(np.int32), shape, strides, writeable=False).copy()
 
 
+def write_f32(address: int, values: np.ndarray) -> None:
+    """Overwrite the data of the contiguous F32 tensor at ``address`` with ``values`` (any shape of as many
+    elements), through ``ggml_backend_tensor_set`` so host and device buffers alike are written."""
+    lib = ggml_base()
+    t = tensor_at(address)
+    if t.type != GGML_TYPE_F32 or not lib.ggml_is_contiguous(address):
+        raise ValueError(f"{bytes(t.name)!r} is not a contiguous F32 tensor")
+    data = np.ascontiguousarray(values, dtype=np.float32)
+    nbytes = lib.ggml_nbytes(address)
+    if data.nbytes != nbytes:
+        raise ValueError(f"{data.nbytes} bytes given for a tensor of {nbytes}")
+    lib.ggml_backend_tensor_set(address, data.ctypes.data, 0, nbytes)
+
+
 @functools.lru_cache(maxsize=1)
 def self_check() -> None:
     """Build ``c = mul_mat(a, b)`` with ggml's own functions and read it through :class:`GgmlTensor`; raises
@@ -114,7 +131,8 @@ def self_check() -> None:
     problems = []
     if ctypes.sizeof(GgmlTensor) != 336 and ctypes.sizeof(ctypes.c_void_p) == 8:
         problems.append(f"size {ctypes.sizeof(GgmlTensor)} != 336")
-    for op, want in ((GGML_OP_MUL_MAT, b"MUL_MAT"), (GGML_OP_MUL_MAT_ID, b"MUL_MAT_ID")):
+    for op, want in ((GGML_OP_MUL_MAT, b"MUL_MAT"), (GGML_OP_MUL_MAT_ID, b"MUL_MAT_ID"),
+                     (GGML_OP_GET_ROWS, b"GET_ROWS")):
         if lib.ggml_op_name(op) != want:
             problems.append(f"op {op} is {lib.ggml_op_name(op)!r}, not {want!r}")
     ctx = lib.ggml_init(_InitParams(lib.ggml_tensor_overhead() * 8, None, True))
