@@ -36,6 +36,7 @@ class SamplingBar(QWidget):
     def __init__(self, settings_getter, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._settings = settings_getter
+        self._showing = False
         s = settings_getter()
         self.system_toggle = QToolButton()
         self.system_toggle.setObjectName("systemPromptToggle")
@@ -96,7 +97,11 @@ class SamplingBar(QWidget):
         self._save_timer.timeout.connect(self.save_now)
         for sig in (self.temperature.valueChanged, self.top_p.valueChanged, self.max_tokens.valueChanged,
                     self.seed.valueChanged, self.greedy.toggled, self.system_prompt.textChanged):
-            sig.connect(lambda *_: self._save_timer.start())
+            sig.connect(self._changed)
+
+    def _changed(self, *_: object) -> None:
+        if not self._showing:  # a conversation's own values shown on opening it are not the user's new default
+            self._save_timer.start()
 
     def _on_prompt_edited(self) -> None:
         self._default_prompt = self.system_prompt.toPlainText()
@@ -125,6 +130,31 @@ class SamplingBar(QWidget):
             self.system_prompt.setPlainText(text)
         if text and not self.system_toggle.isChecked():
             self.system_toggle.setChecked(True)  # a conversation with a system prompt shows it
+
+    def show_sampling(self, saved: dict) -> None:
+        """Show a conversation's own sampling (what its last message was sent with) without making it the saved
+        default.  Values a conversation saved by an older version lacks stay as they are."""
+        from app.core.chat_types import SamplingSettings
+
+        try:
+            s = SamplingSettings.from_dict(saved or {})
+        except (TypeError, ValueError):  # a damaged entry: keep what is on screen
+            return
+        given = set(saved or {})
+        self._showing = True
+        try:
+            if "temperature" in given:
+                self.temperature.setValue(s.temperature)
+            if "top_p" in given:
+                self.top_p.setValue(s.top_p)
+            if "max_tokens" in given:
+                self.max_tokens.setValue(s.max_tokens)
+            if "seed" in given:
+                self.seed.setValue(s.seed if s.seed is not None and s.seed >= 0 else -1)
+            if "greedy" in given:
+                self.greedy.setChecked(bool(s.greedy))
+        finally:
+            self._showing = False
 
     def save_now(self) -> None:
         """Write the controls' values to the settings file (the debounce timer ends here; closing flushes)."""

@@ -216,11 +216,12 @@ class ChatView(QWidget):
         self.reasoning.show_message(None)
         self.prompt.setFocus()
 
-    def _open_conversation(self, messages: list[ChatMessage], system_prompt: str) -> None:
+    def _open_conversation(self, messages: list[ChatMessage], system_prompt: str, sampling: dict) -> None:
         self._detach_stream()  # normally done already (aboutToSwitch), before the panel changed conversation
         self._cancel_edit()
         self.model.set_messages(messages)
         self.sampling_bar.show_system_prompt(system_prompt)
+        self.sampling_bar.show_sampling(sampling)  # it continues with the values it was last answered with
         last = self.model.last_row("assistant")
         self.reasoning.show_message(self.model.message(last) if last >= 0 else None)
 

@@ -64,7 +64,7 @@ class HistoryStore:
         return self._h.add_message(conversation, {"role": m.role, "content": m.content, "reasoning": m.reasoning},
                                    stats=stats if m.role == "assistant" else None)
 
-    def load(self, conversation: Any) -> tuple[list[ChatMessage], str]:
+    def load(self, conversation: Any) -> tuple[list[ChatMessage], str, dict]:
         conv = self._h.get(conversation)
         out = []
         for r in conv.messages:
@@ -76,7 +76,8 @@ class HistoryStore:
                                    skipped_reasoning=bool(meta.get("skipped_reasoning")),
                                    notice=meta.get("notice", "") or "",
                                    context_full=bool(meta.get("context_full")), history_id=r.position))
-        return out, str(conv.settings.get("system_prompt", "") or "")
+        sampling = {k: v for k, v in conv.settings.items() if k != "system_prompt"}
+        return out, str(conv.settings.get("system_prompt", "") or ""), sampling
 
     def update_settings(self, conversation: Any, model_path: str, system_prompt: str, sampling: dict) -> None:
         """Record the system prompt and sampling the conversation now continues with."""
@@ -94,7 +95,7 @@ class HistoryStore:
 
 class ConversationPanel(QWidget):
     aboutToSwitch = Signal()  # the open conversation is about to change (still ``current`` while this runs)
-    conversationOpened = Signal(object, str)  # list[ChatMessage], system prompt
+    conversationOpened = Signal(object, str, object)  # list[ChatMessage], system prompt, sampling dict
     newRequested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -167,13 +168,13 @@ class ConversationPanel(QWidget):
         if st is None or cid == self.current:
             return
         try:
-            messages, system_prompt = st.load(cid)
+            messages, system_prompt, sampling = st.load(cid)
         except Exception as e:  # noqa: BLE001
             show_error(self, e)
             return
         self.aboutToSwitch.emit()  # a reply still streaming is saved into the conversation it belongs to
         self.current = cid
-        self.conversationOpened.emit(messages, system_prompt)
+        self.conversationOpened.emit(messages, system_prompt, sampling)
 
     def open(self, conversation: Any) -> bool:
         for i in range(self.list.count()):

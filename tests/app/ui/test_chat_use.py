@@ -197,6 +197,47 @@ def test_system_prompt_added_mid_conversation_is_saved(chat, qtbot):
     assert chat.system_prompt.toPlainText() == "Answer like a pirate." and chat.system_prompt.isVisibleTo(chat)
 
 
+def set_spin(qtbot, spin, text: str) -> None:
+    """Select the spin box's text with Ctrl+A and type a new value, as a person does."""
+    qtbot.mouseClick(spin.lineEdit(), LEFT)
+    qtbot.keyClick(spin.lineEdit(), Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClicks(spin.lineEdit(), text)
+    qtbot.keyClick(spin.lineEdit(), Qt.Key.Key_Return)
+
+
+def test_opening_a_conversation_restores_its_sampling(chat, qtbot):
+    from app.ui.chat_sampling import SAVE_DELAY_MS
+    from app.ui.settings import load_settings
+
+    if chat.greedy.isChecked():
+        click(qtbot, chat.greedy)
+    set_spin(qtbot, chat.temperature, "0.3")
+    set_spin(qtbot, chat.seed, "7")
+    with qtbot.waitSignal(chat.replyFinished, timeout=120000):
+        type_and_click_send(qtbot, chat, "Say hello.")
+    click(qtbot, chat.conversations.new_button)
+    set_spin(qtbot, chat.temperature, "1.2")
+    set_spin(qtbot, chat.seed, "99")
+    click(qtbot, chat.greedy)
+    with qtbot.waitSignal(chat.replyFinished, timeout=120000):
+        type_and_click_send(qtbot, chat, "Who are you?")
+    qtbot.wait(SAVE_DELAY_MS + 200)
+    assert load_settings().temperature == 1.2 and load_settings().greedy   # the user's own last values
+
+    click_conversation(qtbot, chat, "Say hello.")
+    assert (chat.temperature.value(), chat.seed.value(), chat.greedy.isChecked()) == (0.3, 7, False)
+    assert chat.temperature.isEnabled()
+    qtbot.wait(SAVE_DELAY_MS + 200)
+    assert load_settings().temperature == 1.2 and load_settings().greedy   # showing them saved nothing
+    with qtbot.waitSignal(chat.replyFinished, timeout=120000):
+        type_and_click_send(qtbot, chat, "And goodbye.")           # it continues with its own values
+    assert stored("Say hello.").settings["temperature"] == 0.3 and stored("Say hello.").settings["seed"] == 7
+
+    click_conversation(qtbot, chat, "Who are you?")
+    assert (chat.temperature.value(), chat.seed.value(), chat.greedy.isChecked()) == (1.2, 99, True)
+    assert not chat.temperature.isEnabled()
+
+
 def test_regenerate_is_enabled_only_where_it_does_something(chat, qtbot):
     assert not chat.regen_button.isEnabled()  # empty chat
     with qtbot.waitSignal(chat.replyFinished, timeout=120000):
