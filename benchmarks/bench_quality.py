@@ -9,6 +9,10 @@ divergence from the F16 model, top-1 agreement and perplexity, measured by llama
     Q2_K, Q2_K+imatrix, Q3_K_S, Q3_K_S+imatrix, Q3_K_M+imatrix, and the sensitivity recipe (Q3_K_D) at
     Q3_K_M's size.
 
+Q3_K_D's placement is weighed by the KL each tensor group measures on the calibration text by simulated
+quantization (:mod:`app.core.sensitivity_kl`; the time of that step is printed with the plan, and the measured
+weights are kept in ``kl-scales.json``: delete it to measure again).
+
 The importance matrix is ours (:mod:`app.core.imatrix`, built-in calibration text).  Its collection is timed
 against llama.cpp's ``llama-imatrix`` in the same run, on the same model, text, chunks, batch, threads and
 flash-attention setting, and the two files are compared (counts equal, largest relative difference of the sums).
@@ -133,14 +137,20 @@ def _compare_imatrix(a: Path, b: Path) -> dict:
 def kl_base(f16: Path, work: Path, threads: int, chunks: int) -> Path:
     from tests.llama_tools import llama_tool
 
-    base = work / "f16.kld"
+    tag = _chunks_tag(chunks)
+    base = work / f"f16{tag}.kld"
     if not base.exists():
-        tmp = work / "f16.kld.partial"
+        tmp = work / f"f16{tag}.kld.partial"
         _run_tool([str(llama_tool("perplexity")), "-m", str(f16), "-f", str(EVAL_TEXT), "-c", "512", "-fa", "off",
                    "-t", str(threads), "--chunks", str(chunks), "--kl-divergence-base", str(tmp)],
-                  work / "f16-base.log")
+                  work / f"f16-base{tag}.log")
         os.replace(tmp, base)
     return base
+
+
+def _chunks_tag(chunks: int) -> str:
+    """The KL base and the rows are kept per number of eval chunks ("" for the default 2, the older files)."""
+    return "" if chunks == 2 else f"-{chunks}chunks"
 
 
 def _gguf_size(path: Path) -> tuple[int, float]:
@@ -156,12 +166,12 @@ def _gguf_size(path: Path) -> tuple[int, float]:
 def measure(label: str, gguf_path: Path, base: Path, work: Path, threads: int, chunks: int) -> dict:
     from tests.llama_tools import llama_tool
 
-    out = work / f"row-{label}.json"
+    out = work / f"row-{label}{_chunks_tag(chunks)}.json"
     if out.exists():
         row = json.loads(out.read_text())
         if row.get("file") == str(gguf_path):
             return row
-    log = work / f"kl-{label}.log"
+    log = work / f"kl-{label}{_chunks_tag(chunks)}.log"
     _run_tool([str(llama_tool("perplexity")), "-m", str(gguf_path), "-f", str(EVAL_TEXT), "-c", "512", "-fa", "off",
                "-t", str(threads), "--chunks", str(chunks), "--kl-divergence-base", str(base), "--kl-divergence"],
               log)
@@ -182,12 +192,16 @@ def measure(label: str, gguf_path: Path, base: Path, work: Path, threads: int, c
 
 
 # ---- the sensitivity recipe --------------------------------------------------------------------------------
-def sensitivity_gguf(f16: Path, imatrix: Path, q3km: Path, work: Path) -> tuple[Path, str]:
-    """Q3_K_D: block tensors' types placed by measured sensitivity in the bytes Q3_K_M+imatrix gives them (the
-    other tensors keep Q3_K_M's types), so the file is Q3_K_M's size."""
+def sensitivity_gguf(f16: Path, imatrix: Path, q3km: Path, work: Path, threads: int) -> tuple[Path, str]:
+    """Q3_K_D: types placed by measured sensitivity in the bytes Q3_K_M+imatrix gives the placed tensors (the
+    block matrices, the output matrix and the token embedding; the rest keep Q3_K_M's types), so the file is
+    Q3_K_M's size.  Each tensor's proxy error is weighted by the KL its group measures on the calibration text
+    (:mod:`app.core.sensitivity_kl`, the step timed here)."""
     import gguf
 
     import quantizer
+    from app.core.load_options import LoadOptions
+    from app.core.sensitivity_kl import MeasuredScales, measure_scales
     from quantizer.sensitivity import _padded, place, tensor_costs
     from tests.qwen15 import qwen15_checkpoint_path
 
@@ -197,14 +211,27 @@ def sensitivity_gguf(f16: Path, imatrix: Path, q3km: Path, work: Path) -> tuple[
         return out, json.loads(plan_file.read_text())["summary"]
     t0 = time.perf_counter()
     costs = tensor_costs(f16, imatrix, cache=work / "costs.json")
-    measured = time.perf_counter() - t0
+    costs_s = time.perf_counter() - t0
+    scales_file = work / "kl-scales.json"
+    if scales_file.exists():
+        ms = MeasuredScales.from_json(json.loads(scales_file.read_text()))
+    else:
+        ms = measure_scales(f16, imatrix, costs, options=LoadOptions(n_threads=threads, flash_attn="off"),
+                            threads=threads, use_cache=False)
+        scales_file.write_text(json.dumps(ms.to_json(), indent=1))
+    every, weights = ms.calibrated(costs)
     base = {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in gguf.GGUFReader(q3km).tensors}
-    budget = sum(_padded(base[n][1]) for n in costs)
-    placed = place(costs, {n: base[n][0] for n in costs}, budget)
+    placeable = {n: c for n, c in every.items() if base[n][0] in c.errors}
+    budget = sum(_padded(base[n][1]) for n in placeable)
+    placed = place(placeable, {n: base[n][0] for n in placeable}, budget,
+                   weights={n: weights[n] for n in placeable})
     tmp = work / "qwen15-Q3_K_D-imatrix.partial"
     quantizer.convert(qwen15_checkpoint_path(), tmp, "Q3_K_M", imatrix=imatrix, tensor_types=placed.types)
     os.replace(tmp, out)
-    summary = f"(costs measured in {measured:.0f} s)\n" + placed.summary()
+    summary = (f"(proxy costs {'cached' if costs_s < 5 else f'measured in {costs_s:.0f} s'}; KL weights: "
+               f"{len(ms.scales)} groups + {sum(len(v) for v in ms.direct.values())} output/embedding types "
+               f"measured in {ms.seconds:.0f} s on {ms.n_tokens} calibration tokens, {threads} threads)\n"
+               + placed.summary())
     plan_file.write_text(json.dumps({"summary": summary, "types": placed.types}, indent=1))
     return out, summary
 
@@ -244,7 +271,7 @@ def main() -> int:
         _print_row(rows[label])
     if not args.no_sensitivity:
         q3km = Path(rows["Q3_K_M+imatrix"]["file"])
-        path, summary = sensitivity_gguf(f16, imatrix, q3km, work)
+        path, summary = sensitivity_gguf(f16, imatrix, q3km, work, args.threads)
         rows["Q3_K_D+imatrix"] = measure("Q3_K_D+imatrix", path, base, work, args.threads,
                                             args.eval_chunks)
         print(summary)
