@@ -78,13 +78,23 @@ def _placed_types(args: argparse.Namespace, imatrix: Path | None) -> dict[str, s
     from app.core.placed import cost_cache_for, placed_plan
 
     ref = ensure_reference(args.src, threads=args.threads, notice=lambda s: print(s, file=sys.stderr, flush=True))
-    print(f"{args.type}: measuring each block tensor's error at each type on {ref.name} ...", file=sys.stderr,
-          flush=True)
+    print(f"{args.type}: measuring each block tensor's error at each type on {ref.name}, then the KL each "
+          f"tensor group costs (cached after the first time) ...", file=sys.stderr, flush=True)
     target = int(args.target_size * 1e9) if args.target_size else None
     pp = placed_plan(args.src, args.type, reference=ref, imatrix=imatrix, target_bytes=target,
-                     cost_cache=cost_cache_for(ref, imatrix))
+                     cost_cache=cost_cache_for(ref, imatrix), threads=args.threads, progress=_measure_printer())
     print(pp.summary(), file=sys.stderr, flush=True)
     return pp.types
+
+
+def _measure_printer():
+    def show(p) -> None:
+        if sys.stderr.isatty():
+            eta = f", about {p.eta / 60:.0f} min left" if p.eta is not None and p.step < p.n_steps else ""
+            end = "\n" if p.step >= p.n_steps else ""
+            print(f"\rmeasured sensitivity: {p.step}/{p.n_steps} {p.label}{eta}        ", end=end, file=sys.stderr,
+                  flush=True)
+    return show
 
 
 def run(args: argparse.Namespace) -> int:

@@ -149,7 +149,8 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         self.place_button.setObjectName("placeButton")
         self.place_button.setToolTip("A *_D recipe: the selected Q2_K/Q3_K_M/Q4_K_M/Q5_K_M's size, the bits placed "
                                      "where this model measures sensitive (needs an importance matrix: the file "
-                                     "given, else computed). The plan is shown before quantizing.")
+                                     "given, else computed), weighed by the KL divergence each tensor group measures on "
+                                     "this model. The plan is shown before quantizing.")
         self.place_button.clicked.connect(self.plan_placed)
         form.addRow("Sensitivity placement", self.place_button)
         self.plan_view = QPlainTextEdit()
@@ -209,6 +210,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
 
         minutes = estimate_minutes(facts.n_params, builtin_chunks())
         self.imatrix_mode.setItemText(IMATRIX_COMPUTE, f"compute (about {max(1, round(minutes))} min)")
+        self.place_button.setText(f"Plan by sensitivity (about {max(1, round(self._placed_minutes()))} min)…")
         self.select_recipe(DEFAULT_RECIPE)
         self.factsReady.emit()
 
@@ -304,7 +306,13 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         self.place_button.setEnabled(False)
         self.cancel_button.setText("Cancel planning")
         self.tensor_label.setText(f"Planning {PLACED_FOR[recipe]}: reference GGUF, importance matrix, per-tensor "
-                                  f"costs…")
+                                  f"costs, then the KL each tensor group costs, measured on the model (about "
+                                  f"{max(1, round(self._placed_minutes()))} min the first time; cached after)…")
+
+    def _placed_minutes(self) -> float:
+        from app.core.sensitivity_kl import estimate_minutes
+
+        return estimate_minutes(self.facts.n_params, self.facts.n_layer) if self.facts is not None else 0.0
 
     def _on_planned(self, result: Any) -> None:
         self.placed = result

@@ -165,8 +165,9 @@ def test_sensitivity_plan_shown_then_quantized(dialog, smollm2_gguf, qtbot, tmp_
     qtbot.waitUntil(lambda: dialog.placed is not None, timeout=1000000)
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=10000)
     plan = dialog.plan_view.toPlainText()
-    assert dialog.plan_view.isVisible() and plan.startswith("Q3_K_D: Q3_K_M's tensors outside the blocks")
-    assert "attn_v" in plan and "ffn_down" in plan and "error" in plan
+    assert dialog.plan_view.isVisible() and plan.startswith("Q3_K_D: Q3_K_M's file type")
+    assert "attn_v" in plan and "ffn_down" in plan and "predicted KL" in plan
+    assert "weights measured: the KL divergence of" in plan and "min)" in plan  # how long the measuring took
     assert dialog.start_button.text() == "Quantize Q3_K_D"
     types = dialog.placed[0].types
     with qtbot.waitSignal(dialog.quantized, timeout=600000) as sig:
