@@ -149,8 +149,8 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         self.place_button.setObjectName("placeButton")
         self.place_button.setToolTip("A *_D recipe: the selected Q2_K/Q3_K_M/Q4_K_M/Q5_K_M's size, the bits placed "
                                      "where this model measures sensitive (needs an importance matrix: the file "
-                                     "given, else computed), weighed by the KL divergence each tensor group measures on "
-                                     "this model. The plan is shown before quantizing.")
+                                     "given, else computed), weighed by the KL divergence each tensor group "
+                                     "measures on this model. The plan is shown before quantizing.")
         self.place_button.clicked.connect(self.plan_placed)
         form.addRow("Sensitivity placement", self.place_button)
         self.plan_view = QPlainTextEdit()

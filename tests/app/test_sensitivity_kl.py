@@ -41,7 +41,7 @@ def test_simulation_gives_the_logits_of_the_real_file(files, smollm2_checkpoint)
     to 8 bits for quantized weights, which the simulation does not do)."""
     import quantizer
     from app.core.imatrix import builtin_calibration_text
-    from app.core.sensitivity_kl import Deltas, KLProbe
+    from app.core.sensitivity_kl import Deltas, KLProbe, mean_kl
 
     f16, im, tmp = files
     real = tmp / "real.gguf"
@@ -54,16 +54,14 @@ def test_simulation_gives_the_logits_of_the_real_file(files, smollm2_checkpoint)
     deltas = Deltas(f16, im, threads=2)
     kp = KLProbe(f16, text, chunk_size=CHUNK, n_chunks=2, options=OPTS)
     try:
-        assert all(np.array_equal(a, b) for a, b in zip(kp.logprobs({}), kp.ref))  # nothing asked: clean
+        assert all(np.array_equal(a, b) for a, b in zip(kp.logprobs({}), kp.ref, strict=True))  # nothing asked: clean
         sim_lp = kp.logprobs({n: deltas.delta(n, q) for n, q in _types(real).items()})
         assert set(kp.sim.hits) == set(_types(real))  # every quantized weight was met (embedding: twice)
         ref_lp = kp.ref
     finally:
         kp.close()
 
-    def kl(p, q):
-        return sum(float(np.sum(np.exp(a) * (a - b))) for a, b in zip(p, q)) / sum(len(a) for a in p)
-
+    kl = mean_kl
     real_kl, sim_kl, between = kl(ref_lp, real_lp), kl(ref_lp, sim_lp), kl(real_lp, sim_lp)
     assert real_kl > 0.01  # the Q4_0 embedding is a visible perturbation
     assert sim_kl == pytest.approx(real_kl, rel=0.2)
