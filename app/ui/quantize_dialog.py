@@ -90,6 +90,8 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         self._registry = registry
         self._settings = settings_getter
         self._job: Job | None = None
+        self._what = ""                # "quantizing" / "planning" while self._job runs
+        self._stop_agreed = False      # Cancel was pressed, or the user agreed to stop it on closing
         self.output: Path | None = None
         self._made: list[Path] = []  # folders start() created for the output (removed again if it fails)
         self.result: Any = None
@@ -305,6 +307,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         self._start(job, self._on_planned)
         self.place_button.setEnabled(False)
         self.cancel_button.setText("Cancel planning")
+        self._what = "planning"
         self.tensor_label.setText(f"Planning {PLACED_FOR[recipe]}: reference GGUF, importance matrix, per-tensor "
                                   f"costs, then the KL each tensor group costs, measured on the model (about "
                                   f"{max(1, round(self._placed_minutes()))} min the first time; cached after)…")
@@ -366,6 +369,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
                       name="quantize", **kwargs)
         self._start(job, self._on_done)
         self.cancel_button.setText("Cancel quantizing")  # not "Close": the button stops the job
+        self._what = "quantizing"
         self.tensor_label.setText(f"Quantizing to {placed.recipe if placed else recipe}…")
         self.out_label.setText(str(out))
 
@@ -389,10 +393,45 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
 
     def cancel_or_close(self) -> None:
         if self._job is not None:
+            self._stop_agreed = True
             self._job.cancel()
             self.tensor_label.setText("Cancelling… (no partial file is left behind)")
         else:
             self.reject()
+
+    def _may_close(self) -> bool:
+        """Closing the dialog (its window's X, Escape) stops a running job: ask first.  No question once Cancel
+        was pressed, or when the app is quitting (it cancels through :meth:`cancel_or_close` first)."""
+        if self._job is None or self._stop_agreed:
+            return True
+        if self._what == "quantizing":
+            text = (f"{self.output.name if self.output else 'The GGUF'} is still being written. Stop quantizing "
+                    f"and close? Nothing partial is kept.")
+            stop_text, keep_text = "Stop and close", "Keep quantizing"
+        else:
+            text = "The plan is still being measured. Stop and close? What is measured so far is not kept."
+            stop_text, keep_text = "Stop and close", "Keep planning"
+        box = QMessageBox(QMessageBox.Icon.Question, "Quantizing is not finished", text,
+                          QMessageBox.StandardButton.NoButton, self)
+        stop = box.addButton(stop_text, QMessageBox.ButtonRole.DestructiveRole)
+        keep = box.addButton(keep_text, QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.setEscapeButton(keep)
+        box.exec()
+        if box.clickedButton() is not stop:
+            return False
+        self._stop_agreed = True
+        return True
+
+    def closeEvent(self, e: Any) -> None:  # noqa: N802 - Qt API
+        if not self._may_close():
+            e.ignore()
+            return
+        super().closeEvent(e)
+
+    def reject(self) -> None:
+        if self._may_close():
+            super().reject()
 
     def _start(self, job, on_done) -> None:
         """Wire a planning or quantize job to the dialog and start it; the recipe table and Start are locked
@@ -442,6 +481,7 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
 
     def _on_finished(self) -> None:
         self._job = None
+        self._what, self._stop_agreed = "", False
         self.table.setEnabled(True)
         self._on_pick()
         self.cancel_button.setText("Close")

@@ -79,6 +79,24 @@ def test_cancel_leaves_nothing_behind(dialog, qtbot):
     assert dialog.start_button.isEnabled()  # ready to try again
 
 
+def test_closing_while_quantizing_asks_first(dialog, qtbot):
+    from .test_chat_use import answer_dialog
+
+    dialog.select_recipe("Q4_K_M")
+    qtbot.mouseClick(dialog.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.tensor_bar.value() >= 1, timeout=120000)
+    seen: list = []
+    answer_dialog(qtbot, "Keep quantizing", seen)
+    qtbot.keyClick(dialog, Qt.Key.Key_Escape)  # Escape closes a dialog: used to stop the job without a word
+    assert len(seen) == 1 and "still being written" in seen[0] and "Nothing partial is kept" in seen[0]
+    assert dialog.isVisible() and dialog.is_running()  # kept: the job goes on
+    answer_dialog(qtbot, "Stop and close", seen)
+    dialog.close()  # the window's close button
+    assert len(seen) == 2 and not dialog.isVisible()
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=60000)
+    assert not (paths.models_dir() / NAME).exists()  # stopped: no GGUF, no temporary file, no empty folder
+
+
 def test_full_disk_shows_one_dialog_and_the_app_goes_on(dialog, error_reports, monkeypatch, qtbot):
     import sys
 
