@@ -91,7 +91,7 @@ def read_text_file(path: str | os.PathLike[str]) -> str:
 
 
 # ---- the collector (IMatrixCollector::collect_imatrix) -------------------------------------------------------
-def _weight_name(raw: bytes) -> str:
+def weight_name(raw: bytes) -> str:
     """filter_tensor_name: ``CUDA0#blk.0.attn_k.weight#0`` -> ``blk.0.attn_k.weight``."""
     name = raw.decode("utf-8", "replace")
     if "#" in name:
@@ -132,7 +132,7 @@ class Collector:
         src0, src1 = gt.tensor_at(t.src[0]), gt.tensor_at(t.src[1])
         if src1.ne[1] < MIN_ROWS or src1.type != gt.GGML_TYPE_F32:
             return False
-        return _weight_name(src0.name).startswith("blk.")
+        return weight_name(src0.name).startswith("blk.")
 
     def _entry(self, name: str, n_mat: int, ne0: int) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.values:
@@ -147,7 +147,7 @@ class Collector:
         src0 = gt.tensor_at(t.src[0])
         src1_ptr = t.src[1]
         src1 = gt.tensor_at(src1_ptr)
-        name = _weight_name(src0.name)
+        name = weight_name(src0.name)
         ne02, ne03 = int(src0.ne[2]), int(src0.ne[3])
         n_mat = ne02 * ne03
         v, c = self._entry(name, n_mat, int(src1.ne[0]))
@@ -170,7 +170,7 @@ class Collector:
     def _mul_mat_id(self, t: gt.GgmlTensor) -> None:
         src0 = gt.tensor_at(t.src[0])
         src1 = gt.tensor_at(t.src[1])
-        name = _weight_name(src0.name)
+        name = weight_name(src0.name)
         n_as, ne0, ne11 = int(src0.ne[2]), int(src1.ne[0]), int(src1.ne[1])
         if src1.ne[3] != 1:
             raise ImatrixError(f"{name}: expert input with more than 3 dimensions")

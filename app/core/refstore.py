@@ -189,7 +189,7 @@ class BaseWriter:
         whose memory peak counts)."""
         for a in range(0, len(logits), 32):
             block = encode_rows(logits[a:a + 32])
-            self._fh.write(memoryview(block if block.dtype.byteorder in "=<|" else block.astype("<u2")))
+            self._fh.write(memoryview(np.asarray(block, dtype="<u2")))  # a copy only on a big-endian machine
 
 
 # ---- the store ------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ import numpy as np
 
 from . import ggml_tensor as gt
 from .errors import CalibrationTextError, ImatrixError, SensitivityCancelled
+from .imatrix import weight_name
 from .load_options import LoadOptions
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,6 @@ class MeasuredScales:
 
 
 # ---- the simulation (eval callback) --------------------------------------------------------------------------
-def _weight_name(raw: bytes) -> str:
-    name = raw.decode("utf-8", "replace")
-    return name.split("#", 2)[1] if "#" in name else name
-
-
 class Simulator:
     """Eval callback that adds ``dW x`` to the output of every MUL_MAT (``dW[ids]`` to every GET_ROWS) whose
     weight is a key of :attr:`deltas` (numpy ``(rows, cols)`` = ggml ``(ne1, ne0)``)."""
@@ -130,7 +126,7 @@ class Simulator:
             t = gt.tensor_at(t_ptr)
             if t.op not in (gt.GGML_OP_MUL_MAT, gt.GGML_OP_GET_ROWS) or not self.deltas:
                 return not ask
-            name = _weight_name(gt.tensor_at(t.src[0]).name)
+            name = weight_name(gt.tensor_at(t.src[0]).name)
             if name not in self.deltas:
                 return not ask
             if ask:

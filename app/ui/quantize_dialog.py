@@ -407,13 +407,13 @@ class QuantizeDialog(StopJobsOnClose, QDialog):
         if self._what == "quantizing":
             text = (f"{self.output.name if self.output else 'The GGUF'} is still being written. Stop quantizing "
                     f"and close? Nothing partial is kept.")
-            stop_text, keep_text = "Stop and close", "Keep quantizing"
+            keep_text = "Keep quantizing"
         else:
             text = "The plan is still being measured. Stop and close? What is measured so far is not kept."
-            stop_text, keep_text = "Stop and close", "Keep planning"
+            keep_text = "Keep planning"
         box = QMessageBox(QMessageBox.Icon.Question, "Quantizing is not finished", text,
                           QMessageBox.StandardButton.NoButton, self)
-        stop = box.addButton(stop_text, QMessageBox.ButtonRole.DestructiveRole)
+        stop = box.addButton("Stop and close", QMessageBox.ButtonRole.DestructiveRole)
         keep = box.addButton(keep_text, QMessageBox.ButtonRole.RejectRole)
         box.setDefaultButton(keep)
         box.setEscapeButton(keep)
